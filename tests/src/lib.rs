@@ -1,0 +1,1 @@
+//! Harness for cross-component tests: services, network namespaces, runc containers.
