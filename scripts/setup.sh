@@ -116,7 +116,7 @@ build_criu() {
   log "building criu $upstream (make -j$(nproc) criu)"
   tar -C "$work" -xf "$tarball"
   local src
-  src=$(find "$work" -maxdepth 1 -type d -name "criu-*" | head -n1)
+  src=$(find "$work" -mindepth 1 -maxdepth 1 -type d -name "criu-[0-9]*" | head -n1)
   make -C "$src" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -n 30 "$work/build.log" >&2; die "CRIU build failed (log: $work/build.log)"; }
   mkdir -p "$CACHE_DIR/criu-$upstream"
   install -m 0755 "$src/criu/criu" "$CACHE_DIR/criu-$upstream/criu"
