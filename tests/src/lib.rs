@@ -1,1 +1,12 @@
-//! Harness for cross-component tests: services, network namespaces, runc containers.
+//! Harness for cross-component tests on real parts: the services the test runner
+//! started (registry, broker), CRIU, network namespaces, busybox bundles and runc
+//! containers.
+//!
+//! Every prerequisite is checked up front and a missing one fails the test with a
+//! message naming it: a test that silently skips would hide a broken machine.
+
+pub mod bundle;
+pub mod container;
+pub mod env;
+pub mod netns;
+pub mod process;

@@ -1,0 +1,27 @@
+# The README's commands. `make test` is what CI runs (.ci/run).
+.PHONY: test demo bench lint fmt setup services-start services-stop
+
+test:            ## set up the machine, start services, run the whole suite, stop them
+	bash scripts/test.sh
+
+demo:            ## the main job on the embedded two-node default (no cluster needed)
+	bash scripts/demo.sh
+
+bench:           ## benchmarks against buildah, skopeo, zstd/pigz and the raw upload limit
+	bash scripts/bench.sh
+
+lint:            ## formatting and clippy, warnings are errors
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+setup:           ## install packages and CRIU >= 4.2 only
+	bash scripts/setup.sh
+
+services-start:
+	bash scripts/services.sh start
+
+services-stop:
+	bash scripts/services.sh stop

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Starts / stops the services the test suite and the demo need, privately and on
+# loopback only: a docker-registry (CNCF distribution 2.8) and a rabbitmq-server.
+#   scripts/services.sh start   -> prints `export VAR=...` lines for the test env
+#   scripts/services.sh stop
+#   scripts/services.sh env     -> the same export lines, without starting anything
+# State lives under $MS2M_RUN_DIR (default: <repo>/.run). Idempotent: start leaves
+# running services alone, stop is a no-op when nothing runs.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+RUN=${MS2M_RUN_DIR:-$ROOT/.run}
+REG_PORT=${MS2M_REGISTRY_PORT:-5000}
+AMQP_PORT=${MS2M_AMQP_PORT:-5672}
+DIST_PORT=$((AMQP_PORT + 20000))
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+wait_port() { # host port seconds what
+  local i
+  for ((i = 0; i < $3 * 10; i++)); do
+    (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "$4 did not open $1:$2 within $3 s (log under $RUN)"
+}
+
+start_registry() {
+  local d=$RUN/registry
+  mkdir -p "$d/data"
+  if alive "$d/pid"; then return 0; fi
+  command -v docker-registry >/dev/null || die "docker-registry missing: run scripts/setup.sh"
+  cat > "$d/config.yml" <<CFG
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: $d/data}, delete: {enabled: true}}
+http: {addr: 127.0.0.1:$REG_PORT}
+CFG
+  setsid docker-registry serve "$d/config.yml" >"$d/log" 2>&1 < /dev/null &
+  echo $! > "$d/pid"
+  wait_port 127.0.0.1 "$REG_PORT" 20 docker-registry
+  log "registry on 127.0.0.1:$REG_PORT"
+}
+
+rabbit_env() {
+  local d=$RUN/rabbitmq
+  export HOME=$d RABBITMQ_NODENAME=rabbit@localhost RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODE_PORT=$AMQP_PORT RABBITMQ_DIST_PORT=$DIST_PORT ERL_EPMD_ADDRESS=127.0.0.1 \
+    ERL_EPMD_PORT=$((AMQP_PORT + 21000)) \
+    RABBITMQ_MNESIA_BASE=$d/mnesia RABBITMQ_LOG_BASE=$d/log \
+    RABBITMQ_ENABLED_PLUGINS_FILE=$d/enabled_plugins RABBITMQ_CONFIG_FILE=$d/rabbitmq \
+    RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+    RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+start_rabbitmq() {
+  local d=$RUN/rabbitmq
+  mkdir -p "$d/mnesia" "$d/log"
+  [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || die "rabbitmq-server missing: run scripts/setup.sh"
+  if alive "$d/pid"; then return 0; fi
+  (
+    rabbit_env
+    # The management plugin is not needed: depth comes from queue.declare(passive).
+    echo '[].' > "$d/enabled_plugins"
+    printf 'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%s\n' "$AMQP_PORT" > "$d/rabbitmq.conf"
+    cp /var/lib/rabbitmq/.erlang.cookie "$d/.erlang.cookie" 2>/dev/null || true
+    setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/server.log" 2>&1 < /dev/null &
+    echo $! > "$d/pid"
+  )
+  wait_port 127.0.0.1 "$AMQP_PORT" 60 rabbitmq-server
+  (rabbit_env; timeout 60 /usr/lib/rabbitmq/bin/rabbitmqctl -q await_startup >/dev/null 2>&1) \
+    || die "rabbitmq-server did not finish starting (log: $d/server.log)"
+  log "rabbitmq on 127.0.0.1:$AMQP_PORT"
+}
+
+stop_one() { # dir what
+  local d=$1
+  if alive "$d/pid"; then
+    local pid; pid=$(cat "$d/pid")
+    # setsid made it a process-group leader: take the whole group (beam, epmd, ...).
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    log "stopped $2"
+  fi
+  rm -f "$d/pid"
+}
+
+print_env() {
+  echo "export MS2M_TEST_REGISTRY=127.0.0.1:$REG_PORT"
+  echo "export MS2M_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
+  echo "export MS2M_CRIU=${MS2M_CRIU:-/usr/local/sbin/criu}"
+}
+
+case "${1:-}" in
+  start) start_registry; start_rabbitmq; print_env ;;
+  stop)
+    stop_one "$RUN/registry" registry
+    stop_one "$RUN/rabbitmq" rabbitmq
+    # epmd outlives the broker's group when it was started first; only ours (our port).
+    pkill -f "epmd.*-port $((AMQP_PORT + 21000))" 2>/dev/null || true ;;
+  env) print_env ;;
+  *) die "usage: $0 start|stop|env" ;;
+esac
