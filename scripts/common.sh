@@ -23,14 +23,13 @@ start_services_for_this_run() {
   eval "$(bash "$ROOT/scripts/services.sh" start)"
 }
 
-# The sample service runs inside runc containers with a busybox rootfs: build it as a
-# static binary (glibc + crt-static; no musl target can be installed here) in its own
-# target dir so the flag never reaches the workspace's proc-macros.
+# The sample service runs inside runc containers with a busybox rootfs: a static binary
+# (glibc + crt-static; no musl target can be installed here). With an explicit --target,
+# RUSTFLAGS reach only target artifacts, never build scripts or proc-macros. The test
+# harness (tests/src/e2e.rs) builds the same artifact the same way when it needs it.
 build_sample_service() {
-  if [ -f tests/sample-service/Cargo.toml ] && grep -q '\[\[bin\]\]' tests/sample-service/Cargo.toml; then
-    printf '[build] static sample service\n' >&2
-    RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p ms2m-sample-service \
-      --target x86_64-unknown-linux-gnu --target-dir target/static
-    export MS2M_SAMPLE_BIN_DIR="$ROOT/target/static/x86_64-unknown-linux-gnu/release"
-  fi
+  printf '[build] static sample service\n' >&2
+  RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -q -p ms2m-sample-service \
+    --target x86_64-unknown-linux-gnu
+  export MS2M_SAMPLE_BIN_DIR="$ROOT/target/x86_64-unknown-linux-gnu/release"
 }

@@ -7,6 +7,5 @@ source "$(dirname "$0")/common.sh"
 
 bash scripts/setup.sh
 start_services_for_this_run
-build_sample_service
 printf '[test] cargo test --workspace\n' >&2
 cargo test --workspace --no-fail-fast "$@"
