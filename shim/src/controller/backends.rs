@@ -1,0 +1,381 @@
+//! What the controller asks of things other than the Kubernetes API: the node agents
+//! (checkpoint, push) and the broker. The cluster implementation finds the agent on a
+//! node through its DaemonSet pod and authenticates with the shared token Secret.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::{Api, Client, api::ListParams};
+use tokio::sync::Mutex;
+
+use crate::agent_client::{AgentAddr, AgentClient, CheckpointRequest, JobStatus, PushRequest};
+use crate::crd::StatefulMigrationSpec;
+use crate::driver::WorldError;
+use crate::engine::{JobView, QueueNames};
+use crate::messaging::{ControlMessage, Messaging, MessagingError};
+
+use super::api_calls::{self, ApiCall};
+
+/// The migration an operation belongs to.
+#[derive(Clone, Debug)]
+pub struct MigrationRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub spec: StatefulMigrationSpec,
+    pub queues: QueueNames,
+}
+
+#[async_trait::async_trait]
+pub trait Backends: Send + Sync {
+    async fn ensure_replay_topology(&self, m: &MigrationRef) -> Result<(), WorldError>;
+    /// Ready messages in `queue`; `None` when it does not exist.
+    async fn queue_depth(&self, m: &MigrationRef, queue: &str) -> Result<Option<u64>, WorldError>;
+    async fn unbind_replay(&self, m: &MigrationRef) -> Result<(), WorldError>;
+    async fn delete_replay(&self, m: &MigrationRef) -> Result<(), WorldError>;
+    async fn send_control(
+        &self,
+        m: &MigrationRef,
+        queue: &str,
+        msg: &ControlMessage,
+    ) -> Result<(), WorldError>;
+    /// Starts a kubelet checkpoint on `node`; `None` when the agent already has (or is
+    /// making) a checkpoint with this id.
+    async fn start_checkpoint(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        pod: &str,
+        container: &str,
+        checkpoint_id: &str,
+    ) -> Result<Option<String>, WorldError>;
+    async fn checkpoint_job(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        job: Option<&str>,
+        checkpoint_id: &str,
+    ) -> Result<JobView, WorldError>;
+    async fn start_push(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        checkpoint_id: &str,
+        image: &str,
+    ) -> Result<String, WorldError>;
+    async fn push_job(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        job: Option<&str>,
+    ) -> Result<JobView, WorldError>;
+    /// Lets go of per-migration state (broker connection) once it is finished.
+    async fn forget(&self, m: &MigrationRef);
+}
+
+/// Where the agents are and how to reach them.
+#[derive(Clone, Debug)]
+pub struct AgentDiscovery {
+    pub namespace: String,
+    /// Label selector of the agent DaemonSet's pods.
+    pub selector: String,
+    pub port: u16,
+    /// Secret (in `namespace`) whose `token` key is the agents' bearer token.
+    pub token_secret: String,
+}
+
+impl Default for AgentDiscovery {
+    fn default() -> Self {
+        Self {
+            namespace: "ms2m-system".into(),
+            selector: "app.kubernetes.io/name=ms2m-agent".into(),
+            port: 9411,
+            token_secret: "ms2m-agent-token".into(),
+        }
+    }
+}
+
+/// The real thing: agents over TCP, the broker over AMQP.
+pub struct ClusterBackends {
+    client: Client,
+    discovery: AgentDiscovery,
+    token: Mutex<Option<String>>,
+    brokers: Mutex<HashMap<String, Arc<Messaging>>>,
+}
+
+/// Documents which table entry a call site uses.
+fn uses(_: ApiCall) {}
+
+fn kube_err(what: &str, e: kube::Error) -> WorldError {
+    WorldError::transient(format!("{what}: {e}"))
+}
+
+fn mq_err(e: MessagingError) -> WorldError {
+    if e.is_permanent() {
+        WorldError::permanent(e.to_string())
+    } else {
+        WorldError::transient(e.to_string())
+    }
+}
+
+fn agent_err(e: crate::agent_client::AgentError) -> WorldError {
+    if e.is_permanent() {
+        WorldError::permanent(e.to_string())
+    } else {
+        WorldError::transient(e.to_string())
+    }
+}
+
+fn view(job: &crate::agent_client::Job, output: Option<String>) -> JobView {
+    match job.status {
+        JobStatus::Queued | JobStatus::Running => JobView::Running,
+        JobStatus::Succeeded => match output {
+            Some(output) => JobView::Succeeded { output },
+            None => JobView::Failed {
+                reason: format!("job {} succeeded without a result", job.id),
+            },
+        },
+        _ => JobView::Failed {
+            reason: job.failure(),
+        },
+    }
+}
+
+impl ClusterBackends {
+    pub fn new(client: Client, discovery: AgentDiscovery) -> Self {
+        Self {
+            client,
+            discovery,
+            token: Mutex::new(None),
+            brokers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn agent(&self, node: &str) -> Result<AgentClient, WorldError> {
+        uses(api_calls::POD_LIST);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.discovery.namespace);
+        let lp = ListParams::default()
+            .labels(&self.discovery.selector)
+            .fields(&format!("spec.nodeName={node}"));
+        let list = pods
+            .list(&lp)
+            .await
+            .map_err(|e| kube_err("listing agent pods", e))?;
+        let ip = list
+            .items
+            .iter()
+            .find_map(|p| p.status.as_ref()?.pod_ip.clone())
+            .ok_or_else(|| {
+                WorldError::transient(format!("no ready ms2m-agent pod on node {node}"))
+            })?;
+        let token = self.token().await?;
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip
+        };
+        Ok(AgentClient::new(AgentAddr::Tcp {
+            base: format!("http://{host}:{}", self.discovery.port),
+            token,
+        }))
+    }
+
+    async fn token(&self) -> Result<String, WorldError> {
+        let mut cached = self.token.lock().await;
+        if let Some(t) = cached.as_ref() {
+            return Ok(t.clone());
+        }
+        let t = self
+            .secret_key(
+                &self.discovery.namespace,
+                &self.discovery.token_secret,
+                "token",
+            )
+            .await?;
+        *cached = Some(t.clone());
+        Ok(t)
+    }
+
+    async fn secret_key(&self, ns: &str, name: &str, key: &str) -> Result<String, WorldError> {
+        uses(api_calls::SECRET_GET);
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let s = secrets
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_err("reading a Secret", e))?
+            .ok_or_else(|| WorldError::permanent(format!("Secret {ns}/{name} not found")))?;
+        let bytes = s
+            .data
+            .and_then(|mut d| d.remove(key))
+            .ok_or_else(|| WorldError::permanent(format!("Secret {ns}/{name} has no key {key}")))?;
+        String::from_utf8(bytes.0)
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| {
+                WorldError::permanent(format!("Secret {ns}/{name} key {key} is not UTF-8"))
+            })
+    }
+
+    async fn broker(&self, m: &MigrationRef) -> Result<Arc<Messaging>, WorldError> {
+        let mut brokers = self.brokers.lock().await;
+        if let Some(b) = brokers.get(&m.uid) {
+            return Ok(b.clone());
+        }
+        let mq = &m.spec.message_queue_config;
+        let url = match (&mq.broker_url, &mq.broker_secret_ref) {
+            (Some(url), _) => url.clone(),
+            (None, Some(r)) => self.secret_key(&m.namespace, &r.name, &r.key).await?,
+            (None, None) => return Err(WorldError::permanent("no broker configured")),
+        };
+        let b =
+            Arc::new(Messaging::new(&url, &format!("{}/{}", m.namespace, m.name)).map_err(mq_err)?);
+        brokers.insert(m.uid.clone(), b.clone());
+        Ok(b)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backends for ClusterBackends {
+    async fn ensure_replay_topology(&self, m: &MigrationRef) -> Result<(), WorldError> {
+        self.broker(m)
+            .await?
+            .ensure_replay_topology(&m.queues)
+            .await
+            .map_err(mq_err)
+    }
+
+    async fn queue_depth(&self, m: &MigrationRef, queue: &str) -> Result<Option<u64>, WorldError> {
+        self.broker(m)
+            .await?
+            .queue_depth(queue)
+            .await
+            .map_err(mq_err)
+    }
+
+    async fn unbind_replay(&self, m: &MigrationRef) -> Result<(), WorldError> {
+        self.broker(m)
+            .await?
+            .unbind_replay(&m.queues)
+            .await
+            .map_err(mq_err)
+    }
+
+    async fn delete_replay(&self, m: &MigrationRef) -> Result<(), WorldError> {
+        self.broker(m)
+            .await?
+            .delete_replay(&m.queues)
+            .await
+            .map_err(mq_err)
+    }
+
+    async fn send_control(
+        &self,
+        m: &MigrationRef,
+        queue: &str,
+        msg: &ControlMessage,
+    ) -> Result<(), WorldError> {
+        self.broker(m)
+            .await?
+            .send_control(queue, msg)
+            .await
+            .map_err(mq_err)
+    }
+
+    async fn start_checkpoint(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        pod: &str,
+        container: &str,
+        checkpoint_id: &str,
+    ) -> Result<Option<String>, WorldError> {
+        let agent = self.agent(node).await?;
+        let req = CheckpointRequest::Kubelet {
+            namespace: m.namespace.clone(),
+            pod: pod.into(),
+            container: container.into(),
+            timeout_seconds: m.spec.phase_timeout_seconds,
+            checkpoint_id: checkpoint_id.into(),
+        };
+        match agent.start_checkpoint(&req).await {
+            Ok(job) => Ok(Some(job.id)),
+            Err(e) if e.status() == Some(409) => Ok(None),
+            Err(e) => Err(agent_err(e)),
+        }
+    }
+
+    async fn checkpoint_job(
+        &self,
+        _m: &MigrationRef,
+        node: &str,
+        job: Option<&str>,
+        checkpoint_id: &str,
+    ) -> Result<JobView, WorldError> {
+        let agent = self.agent(node).await?;
+        if let Some(id) = job
+            && let Some(j) = agent.job(id, Duration::ZERO).await.map_err(agent_err)?
+        {
+            return Ok(view(&j, j.result_str("checkpoint_id")));
+        }
+        // No job to ask (a 409 on start, or the agent restarted): the checkpoint itself says.
+        Ok(
+            if agent
+                .checkpoint_exists(checkpoint_id)
+                .await
+                .map_err(agent_err)?
+            {
+                JobView::Succeeded {
+                    output: checkpoint_id.into(),
+                }
+            } else if job.is_some() {
+                JobView::NotStarted
+            } else {
+                JobView::Running
+            },
+        )
+    }
+
+    async fn start_push(
+        &self,
+        _m: &MigrationRef,
+        node: &str,
+        checkpoint_id: &str,
+        image: &str,
+    ) -> Result<String, WorldError> {
+        let agent = self.agent(node).await?;
+        let req = PushRequest {
+            checkpoint_id: checkpoint_id.into(),
+            image: image.into(),
+            compression: "zstd".into(),
+            insecure: false,
+        };
+        agent
+            .start_push(&req)
+            .await
+            .map(|j| j.id)
+            .map_err(agent_err)
+    }
+
+    async fn push_job(
+        &self,
+        _m: &MigrationRef,
+        node: &str,
+        job: Option<&str>,
+    ) -> Result<JobView, WorldError> {
+        let Some(id) = job else {
+            return Ok(JobView::NotStarted);
+        };
+        let agent = self.agent(node).await?;
+        Ok(
+            match agent.job(id, Duration::ZERO).await.map_err(agent_err)? {
+                Some(j) => view(&j, j.result_str("image")),
+                None => JobView::NotStarted,
+            },
+        )
+    }
+
+    async fn forget(&self, m: &MigrationRef) {
+        self.brokers.lock().await.remove(&m.uid);
+    }
+}

@@ -1,0 +1,228 @@
+//! The `StatefulMigration` controller: kube-rs reconciler driving the phase engine.
+//!
+//! Each reconcile re-runs rounds of the engine (observe → decide → persist → act) until
+//! the engine asks to wait. Status is written with `PUT .../status` carrying the last
+//! seen `resourceVersion`: a controller holding stale progress gets a 409 and retries
+//! from the current object instead of overwriting it. A finalizer makes a deleted
+//! in-flight migration roll back before it disappears. Each phase change is an Event.
+
+pub mod api_calls;
+mod backends;
+pub mod target_pod;
+mod world;
+
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod fixtures;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{
+        controller::{Action, Controller},
+        events::{Event, EventType, Recorder, Reporter},
+        finalizer::{Event as Finalizer, finalizer},
+        watcher::Config,
+    },
+};
+use tokio::sync::Mutex;
+use tracing::{info, warn};
+
+pub use backends::{AgentDiscovery, Backends, ClusterBackends, MigrationRef};
+
+use crate::crd::{FINALIZER, StatefulMigration};
+use crate::driver::{self, WorldError};
+use crate::engine::{Next, Phase, Plan, QueueNames, Transition};
+use world::KubeWorld;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error(transparent)]
+    World(#[from] WorldError),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("migration object lacks {0}")]
+    Incomplete(&'static str),
+    #[error("StatefulMigration CRD not queryable ({0}): install deploy/crd.yaml")]
+    CrdMissing(#[source] kube::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub backends: Arc<dyn Backends>,
+    /// Permanent action failures waiting to be seen by the engine, by migration uid.
+    fatal: Mutex<HashMap<String, String>>,
+}
+
+impl Context {
+    pub fn new(client: Client, backends: Arc<dyn Backends>) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter::from("ms2m-shim"));
+        Self {
+            client,
+            recorder,
+            backends,
+            fatal: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Most engine rounds one reconcile runs before handing back to the queue.
+const MAX_ROUNDS: usize = 16;
+
+/// Derives the engine's plan and names from the object. Names depend on the uid so a
+/// re-created migration never collides with the leftovers of an earlier one.
+pub fn plan_for(m: &StatefulMigration) -> Result<(Plan, MigrationRef)> {
+    let ns = m.namespace().ok_or(Error::Incomplete("a namespace"))?;
+    let name = m.name_any();
+    let uid = m.uid().ok_or(Error::Incomplete("a uid"))?;
+    let short: String = uid
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(8)
+        .collect();
+    let spec = &m.spec;
+    let src: String = spec.source_pod.chars().take(50).collect();
+    let target_name = format!(
+        "{}-m{}",
+        src.trim_end_matches(['-', '.']),
+        &short[..5.min(short.len())]
+    );
+    let checkpoint_id: String = format!("{ns}.{name}-{short}").chars().take(128).collect();
+    let tag: String = format!("{ns}.{name}-{short}").chars().take(128).collect();
+    let mq = &spec.message_queue_config;
+    let queues = QueueNames::new(
+        &mq.exchange_name,
+        &mq.queue_name,
+        &mq.routing_key,
+        &target_name,
+    );
+    let plan = Plan {
+        replay_mode: spec.replay_mode,
+        replay_cutoff: spec.replay_cutoff(),
+        phase_timeout: spec.phase_timeout(),
+        transfer_mode: spec.transfer_mode,
+        strategy: spec.migration_strategy,
+        target_node: spec.target_node.clone(),
+        target_name,
+        checkpoint_id,
+        checkpoint_image: format!("{}:{tag}", spec.checkpoint_image_repository),
+        queues: queues.clone(),
+    };
+    let mref = MigrationRef {
+        namespace: ns,
+        name,
+        uid,
+        spec: spec.clone(),
+        queues,
+    };
+    Ok((plan, mref))
+}
+
+pub async fn reconcile(m: Arc<StatefulMigration>, ctx: Arc<Context>) -> Result<Action> {
+    let ns = m.namespace().ok_or(Error::Incomplete("a namespace"))?;
+    let api: Api<StatefulMigration> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, m, |event| async {
+        match event {
+            Finalizer::Apply(m) => drive(&m, &ctx, false).await,
+            Finalizer::Cleanup(m) => drive(&m, &ctx, true).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Runs engine rounds for one migration. `deleting`: roll back and return once terminal
+/// (the finalizer is removed after that).
+async fn drive(m: &StatefulMigration, ctx: &Arc<Context>, deleting: bool) -> Result<Action> {
+    let (plan, mref) = plan_for(m)?;
+    let mut progress = m.status.clone().map(|s| s.progress).unwrap_or_default();
+    if progress.phase.is_terminal() {
+        ctx.backends.forget(&mref).await;
+        return Ok(Action::await_change());
+    }
+    let mut world = KubeWorld::new(ctx.clone(), m, mref.clone(), deleting);
+    let mut fatal = ctx.fatal.lock().await.remove(&mref.uid);
+    for _ in 0..MAX_ROUNDS {
+        let res = driver::round(&mut world, &plan, &mut progress, &mut fatal).await;
+        if let Some(f) = fatal.take() {
+            ctx.fatal.lock().await.insert(mref.uid.clone(), f);
+        }
+        let decision = res?;
+        for t in &decision.transitions {
+            publish(ctx, m, t).await;
+        }
+        match decision.next {
+            Next::Now => {
+                if let Some(f) = ctx.fatal.lock().await.remove(&mref.uid) {
+                    fatal = Some(f);
+                }
+                continue;
+            }
+            Next::After(d) => return Ok(Action::requeue(d)),
+            Next::Stop => {
+                ctx.backends.forget(&mref).await;
+                info!(migration = %mref.name, phase = %progress.phase, "migration finished");
+                return Ok(Action::await_change());
+            }
+        }
+    }
+    Ok(Action::requeue(Duration::from_millis(100)))
+}
+
+async fn publish(ctx: &Context, m: &StatefulMigration, t: &Transition) {
+    let type_ = match t.to {
+        Phase::Failed | Phase::RollingBack => EventType::Warning,
+        _ => EventType::Normal,
+    };
+    let ev = Event {
+        type_,
+        reason: t.to.as_str().to_owned(),
+        note: Some(truncate(&t.note, 1000)),
+        action: "Migrate".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &m.object_ref(&())).await {
+        warn!(error = %e, "could not publish event");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn error_policy(m: Arc<StatefulMigration>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(migration = %m.name_any(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(2))
+}
+
+/// Runs the controller until the process is told to stop.
+pub async fn run(client: Client, discovery: AgentDiscovery) -> Result<()> {
+    let migrations: Api<StatefulMigration> = Api::all(client.clone());
+    migrations
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+        .map_err(Error::CrdMissing)?;
+    let backends = Arc::new(ClusterBackends::new(client.clone(), discovery));
+    let ctx = Arc::new(Context::new(client, backends));
+    Controller::new(migrations, Config::default().any_semantic())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile error");
+            }
+        })
+        .await;
+    Ok(())
+}

@@ -1,0 +1,579 @@
+//! Scenario tests of the reconciler against the mocked API service: each asserts the
+//! exact requests of a phase and answers as the API server would.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, StatusCode};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::json;
+
+use super::fixtures::*;
+use super::{Error, reconcile};
+use crate::engine::{JobView, Phase, PhaseTiming, Progress, StepState, Strategy};
+use crate::messaging::ControlMessage;
+
+const MIG_STATUS: &str = "mig";
+const REPLAY: &str = "orders.ms2m-replay";
+const PODS: &str = "/api/v1/namespaces/default/pods";
+const TARGET: &str = "counter-0-m0c5e9";
+const IMAGE: &str = "registry:5000/ms2m/checkpoints:default.mig-0c5e9a7d";
+
+fn progress_at(phase: Phase, strategy: Strategy, started_secs_ago: i64) -> Progress {
+    let started = Timestamp::now() - SignedDuration::from_secs(started_secs_ago);
+    let mut p = Progress {
+        phase,
+        start_time: Some(started),
+        phase_started_at: Some(started),
+        source_node: Some("node-a".into()),
+        strategy: Some(strategy),
+        target_pod_name: Some(TARGET.into()),
+        checkpoint_id: Some("default.mig-0c5e9a7d".into()),
+        phase_timings: vec![PhaseTiming {
+            phase,
+            started_at: started,
+            duration_ms: None,
+        }],
+        ..Progress::default()
+    };
+    p.steps.replay_topology = StepState::Done;
+    p.steps.checkpoint = StepState::Done;
+    if phase != Phase::Checkpointing {
+        p.steps.transfer = StepState::Done;
+        p.checkpoint_image = Some(IMAGE.into());
+    }
+    p
+}
+
+async fn run(
+    obj: crate::crd::StatefulMigration,
+    ctx: Arc<super::Context>,
+    scenario: tokio::task::JoinHandle<()>,
+) -> Result<kube::runtime::controller::Action, Error> {
+    let res = reconcile(Arc::new(obj), ctx).await;
+    if let Err(e) = &res {
+        eprintln!("reconcile ended with: {e}");
+    }
+    tokio::time::timeout(Duration::from_secs(10), scenario)
+        .await
+        .expect("scenario finished")
+        .expect("scenario assertions held");
+    res
+}
+
+#[tokio::test]
+async fn a_new_migration_gets_the_finalizer_first() {
+    let (ctx, mut api, backends) = test_context();
+    let mut obj = migration(None);
+    obj.metadata.finalizers = None;
+    let scenario = tokio::spawn(async move {
+        let seen = api
+            .expect(
+                Method::PATCH,
+                "/apis/migration.ms2m.io/v1alpha1/namespaces/default/statefulmigrations/mig",
+                StatusCode::OK,
+                Some(serde_json::to_value(migration(None)).unwrap()),
+            )
+            .await;
+        assert_eq!(
+            seen.body[1],
+            json!({"op": "add", "path": "/metadata/finalizers", "value": ["migration.ms2m.io/cleanup"]})
+        );
+        api.done().await;
+    });
+    run(obj, ctx, scenario).await.unwrap();
+    assert!(
+        backends.calls().is_empty(),
+        "nothing happens before the finalizer is in place"
+    );
+}
+
+#[tokio::test]
+async fn pending_validates_then_binds_the_replay_queue_before_the_checkpoint() {
+    let (ctx, mut api, backends) = test_context();
+    backends
+        .checkpoint_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Running);
+    // After the binding: 3 pre-binding messages left in the primary queue, 5 in the
+    // replay queue, so the source has moved past the pre-binding backlog.
+    backends.depths.lock().unwrap().extend([Some(3), Some(5)]);
+    let b2 = backends.clone();
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Checkpointing);
+        assert_eq!(st.progress.source_node.as_deref(), Some("node-a"));
+        assert_eq!(st.progress.strategy, Some(Strategy::ShadowPod));
+        assert_eq!(st.progress.steps.replay_topology, StepState::Intended);
+        assert_eq!(st.conditions[0].type_, "Succeeded");
+        assert_eq!(st.conditions[0].status, "Unknown");
+        assert!(
+            b2.calls().is_empty(),
+            "status is written before any side effect"
+        );
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.replay_topology, StepState::Done);
+        assert_eq!(b2.calls(), vec![Call::Topology]);
+        assert_eq!(api.event().await.0, "Checkpointing");
+        // Next round: depths say the backlog is consumed; the checkpoint starts.
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.checkpoint, StepState::Intended);
+        assert!(st.progress.replay.backlog_drained_at.is_some());
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.checkpoint, StepState::Done);
+        assert_eq!(st.progress.checkpoint_job.as_deref(), Some("job-ckpt-1"));
+        api.done().await;
+    });
+    run(migration(None), ctx, scenario).await.unwrap();
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::Topology,
+            Call::Depth("orders".into()),
+            Call::Depth(REPLAY.into()),
+            Call::StartCheckpoint {
+                node: "node-a".into(),
+                pod: "counter-0".into(),
+                container: "counter".into(),
+                id: "default.mig-0c5e9a7d".into()
+            },
+            Call::CheckpointJob(Some("job-ckpt-1".into())),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_missing_source_pod_fails_the_migration_without_side_effects() {
+    let (ctx, mut api, backends) = test_context();
+    let scenario = tokio::spawn(async move {
+        api.not_found(Method::GET, &format!("{PODS}/counter-0"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        assert_eq!(st.conditions[0].status, "False");
+        assert!(
+            st.progress
+                .failure
+                .unwrap()
+                .reason
+                .contains("source not found")
+        );
+        let (reason, note) = api.event().await;
+        assert_eq!(reason, "Failed");
+        assert!(note.contains("source not found"));
+        api.done().await;
+    });
+    run(migration(None), ctx, scenario).await.unwrap();
+    assert!(backends.calls().is_empty());
+}
+
+#[tokio::test]
+async fn sequential_refuses_a_statefulset_pod_that_is_not_the_highest_ordinal() {
+    let (ctx, mut api, backends) = test_context();
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("StatefulSet"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        api.get(
+            "/apis/apps/v1/namespaces/default/statefulsets/counter",
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "counter", "namespace": "default"},
+                "spec": {"replicas": 3, "serviceName": "counter",
+                    "selector": {"matchLabels": {"app": "counter"}},
+                    "template": {"spec": {"containers": [{"name": "counter"}]}}}}),
+        )
+        .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        let reason = st.progress.failure.unwrap().reason;
+        assert!(reason.contains("highest ordinal (counter-2)"), "{reason}");
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    run(migration(None), ctx, scenario).await.unwrap();
+    assert!(backends.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_stale_status_write_gets_409_and_nothing_else_happens() {
+    let (ctx, mut api, backends) = test_context();
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        api.expect(
+            Method::PUT,
+            "/apis/migration.ms2m.io/v1alpha1/namespaces/default/statefulmigrations/mig/status",
+            StatusCode::CONFLICT,
+            Some(status_body(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version",
+            )),
+        )
+        .await;
+        api.done().await;
+    });
+    let res = run(migration(None), ctx, scenario).await;
+    let err = res.expect_err("a conflict fails the reconcile, which is retried from fresh state");
+    assert!(err.to_string().contains("modified"), "{err}");
+    assert!(
+        backends.calls().is_empty(),
+        "no side effect without a written status"
+    );
+}
+
+#[tokio::test]
+async fn a_finished_push_moves_to_restoring_and_creates_the_target_pod() {
+    let (ctx, mut api, backends) = test_context();
+    let mut p = progress_at(Phase::Transferring, Strategy::ShadowPod, 3);
+    p.checkpoint_image = None;
+    p.transfer_job = Some("job-push-1".into());
+    backends
+        .push_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Succeeded {
+            output: IMAGE.into(),
+        });
+    let scenario = tokio::spawn(async move {
+        // Entering Restoring, the target is known to be absent: no GET before creating.
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Restoring);
+        assert_eq!(st.progress.checkpoint_image.as_deref(), Some(IMAGE));
+        assert_eq!(st.progress.steps.create_target, StepState::Intended);
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        let created = api
+            .expect(Method::POST, PODS, StatusCode::CREATED, None)
+            .await;
+        let pod = created.body;
+        assert_eq!(pod["metadata"]["name"], TARGET);
+        assert_eq!(pod["spec"]["nodeName"], "node-b");
+        assert_eq!(pod["spec"]["containers"][0]["image"], IMAGE);
+        assert_eq!(
+            pod["metadata"]["labels"],
+            json!({"app": "counter",
+            "migration.ms2m.io/migration": "mig", "migration.ms2m.io/role": "target"})
+        );
+        assert!(pod["metadata"].get("ownerReferences").is_none());
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.create_target, StepState::Done);
+        assert_eq!(api.event().await.0, "Restoring");
+        // Next round: the pod is being created.
+        api.get(
+            &format!("{PODS}/{TARGET}"),
+            pod_in_phase(TARGET, "Pending", Some("ContainerCreating")),
+        )
+        .await;
+        api.done().await;
+    });
+    let action = run(migration(Some(p)), ctx, scenario).await.unwrap();
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(crate::engine::POLL)
+    );
+    assert_eq!(
+        backends.calls(),
+        vec![Call::PushJob(Some("job-push-1".into()))]
+    );
+}
+
+#[tokio::test]
+async fn a_target_pod_that_already_exists_counts_as_created() {
+    let (ctx, mut api, _backends) = test_context();
+    let p = progress_at(Phase::Restoring, Strategy::ShadowPod, 1);
+    let scenario = tokio::spawn(async move {
+        api.not_found(Method::GET, &format!("{PODS}/{TARGET}"))
+            .await;
+        api.status_put(MIG_STATUS).await;
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.expect(
+            Method::POST,
+            PODS,
+            StatusCode::CONFLICT,
+            Some(status_body(409, "AlreadyExists", "pods already exists")),
+        )
+        .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.create_target, StepState::Done);
+        api.get(
+            &format!("{PODS}/{TARGET}"),
+            pod_in_phase(TARGET, "Running", None),
+        )
+        .await;
+        // Running: on to Replaying, START_REPLAY after the status says so.
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Replaying);
+        assert_eq!(st.progress.steps.start_replay, StepState::Intended);
+        assert_eq!(st.progress.replay.depth_at_start, None);
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.start_replay, StepState::Done);
+        assert_eq!(api.event().await.0, "Replaying");
+        // The next round samples the depth: the backlog since the checkpoint.
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.replay.depth_at_start, Some(9));
+        assert_eq!(st.progress.replay.last_depth, Some(9));
+        api.done().await;
+    });
+    // Replaying's first observation reads the depth; the second round waits.
+    let b = _backends.clone();
+    b.depths.lock().unwrap().extend([Some(9), Some(9)]);
+    run(migration(Some(p)), ctx, scenario).await.unwrap();
+    assert!(b.calls().contains(&Call::Control(
+        format!("ms2m.control.{TARGET}"),
+        ControlMessage::start_replay("orders.ms2m-replay")
+    )));
+}
+
+#[tokio::test]
+async fn a_target_pod_that_never_becomes_running_is_rolled_back() {
+    let (ctx, mut api, backends) = test_context();
+    let mut p = progress_at(Phase::Restoring, Strategy::ShadowPod, 400);
+    p.steps.create_target = StepState::Done;
+    let scenario = tokio::spawn(async move {
+        api.get(
+            &format!("{PODS}/{TARGET}"),
+            pod_in_phase(TARGET, "Pending", Some("ImagePullBackOff")),
+        )
+        .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::RollingBack);
+        let reason = st.progress.failure.unwrap().reason;
+        assert!(
+            reason.contains("ImagePullBackOff") && reason.contains("300 s"),
+            "{reason}"
+        );
+        api.expect(
+            Method::DELETE,
+            &format!("{PODS}/{TARGET}"),
+            StatusCode::OK,
+            Some(pod_in_phase(TARGET, "Pending", None)),
+        )
+        .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_target, StepState::Done);
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_replay, StepState::Done);
+        let (reason, _) = api.event().await;
+        assert_eq!(reason, "RollingBack");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        assert!(st.progress.failure.unwrap().rolled_back);
+        assert_eq!(st.conditions[0].reason, "Failed");
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    let action = run(migration(Some(p)), ctx, scenario).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert_eq!(backends.calls(), vec![Call::DeleteReplay]);
+}
+
+#[tokio::test]
+async fn replay_cutoff_stops_the_source_then_finalizes() {
+    let (ctx, mut api, backends) = test_context();
+    let mut p = progress_at(Phase::Replaying, Strategy::ShadowPod, 100);
+    p.steps.create_target = StepState::Done;
+    p.steps.start_replay = StepState::Done;
+    p.replay.started_at = Some(Timestamp::now() - SignedDuration::from_secs(90));
+    // Past the 60 s cutoff with 4 left; then drained.
+    backends
+        .depths
+        .lock()
+        .unwrap()
+        .extend([Some(4), Some(4), Some(0)]);
+    let scenario = tokio::spawn(async move {
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.replay.stop_reason.as_deref(), Some("Cutoff"));
+        assert_eq!(st.progress.steps.stop_source, StepState::Intended);
+        // The ReplicaSet-owned source hands its place to the target before it goes.
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        let cost = api
+            .expect(
+                Method::PATCH,
+                &format!("{PODS}/counter-0"),
+                StatusCode::OK,
+                Some(source_pod("ReplicaSet")),
+            )
+            .await;
+        assert_eq!(
+            cost.body,
+            json!({"metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "-2147483648"}}})
+        );
+        let adopt = api
+            .expect(
+                Method::PATCH,
+                &format!("{PODS}/{TARGET}"),
+                StatusCode::OK,
+                Some(pod_in_phase(TARGET, "Running", None)),
+            )
+            .await;
+        assert_eq!(
+            adopt.body,
+            json!({"metadata": {"labels": {"app": "counter", "pod-template-hash": "abc12"}}})
+        );
+        api.expect(
+            Method::DELETE,
+            &format!("{PODS}/counter-0"),
+            StatusCode::OK,
+            Some(source_pod("ReplicaSet")),
+        )
+        .await;
+        api.status_put(MIG_STATUS).await; // stop_source done
+        // Next round: unbind only once the source pod is gone.
+        api.not_found(Method::GET, &format!("{PODS}/counter-0"))
+            .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.unbind_replay, StepState::Intended);
+        api.status_put(MIG_STATUS).await; // unbind done
+        // Drained: Finalizing.
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Finalizing);
+        api.status_put(MIG_STATUS).await; // END_REPLAY done
+        api.status_put(MIG_STATUS).await; // replay queue deleted
+        // The source is already gone: a 404 is fine.
+        api.not_found(Method::DELETE, &format!("{PODS}/counter-0"))
+            .await;
+        api.status_put(MIG_STATUS).await;
+        assert_eq!(api.event().await.0, "Finalizing");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Completed);
+        assert_eq!(st.conditions[0].status, "True");
+        assert!(st.progress.completion_time.is_some());
+        assert_eq!(api.event().await.0, "Completed");
+        api.done().await;
+    });
+    run(migration(Some(p)), ctx, scenario).await.unwrap();
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::Depth(REPLAY.into()),
+            Call::Depth(REPLAY.into()),
+            Call::Unbind,
+            Call::Depth(REPLAY.into()),
+            Call::Control(format!("ms2m.control.{TARGET}"), ControlMessage::EndReplay),
+            Call::DeleteReplay,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sequential_scales_the_statefulset_down_and_builds_the_target_from_its_template() {
+    let (ctx, mut api, backends) = test_context();
+    let mut obj = migration(Some(progress_at(Phase::Restoring, Strategy::Sequential, 1)));
+    obj.spec.source_pod = "counter-1".into();
+    let target = "counter-1-m0c5e9";
+    let scenario = tokio::spawn(async move {
+        let mut sts_pod = source_pod("StatefulSet");
+        sts_pod["metadata"]["name"] = json!("counter-1");
+        api.not_found(Method::GET, &format!("{PODS}/{target}"))
+            .await;
+        api.get(&format!("{PODS}/counter-1"), sts_pod).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.stop_source, StepState::Intended);
+        let scale = api
+            .expect(Method::PATCH, "/apis/apps/v1/namespaces/default/statefulsets/counter/scale", StatusCode::OK,
+                Some(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "counter"},
+                    "spec": {"replicas": 1}})))
+            .await;
+        assert_eq!(scale.body, json!({"spec": {"replicas": 1}}));
+        api.status_put(MIG_STATUS).await;
+        // Next round: the source is gone; create from the StatefulSet's template.
+        api.not_found(Method::GET, &format!("{PODS}/{target}"))
+            .await;
+        api.not_found(Method::GET, &format!("{PODS}/counter-1"))
+            .await;
+        api.status_put(MIG_STATUS).await;
+        api.get("/apis/apps/v1/namespaces/default/statefulsets/counter", json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "counter", "namespace": "default"},
+            "spec": {"serviceName": "counter", "selector": {"matchLabels": {"app": "counter"}},
+                "template": {"metadata": {"labels": {"app": "counter", "tier": "backend"}},
+                    "spec": {"containers": [{"name": "counter", "image": "counter:1"}]}}}
+        }))
+        .await;
+        let created = api
+            .expect(Method::POST, PODS, StatusCode::CREATED, None)
+            .await;
+        assert_eq!(created.body["spec"]["containers"][0]["image"], IMAGE);
+        assert_eq!(created.body["spec"]["nodeName"], "node-b");
+        assert_eq!(created.body["metadata"]["labels"]["tier"], "backend");
+        assert!(
+            created.body["metadata"]["labels"].get("app").is_none(),
+            "would be adopted by the StatefulSet"
+        );
+        api.status_put(MIG_STATUS).await;
+        api.get(
+            &format!("{PODS}/{target}"),
+            pod_in_phase(target, "Pending", None),
+        )
+        .await;
+        api.not_found(Method::GET, &format!("{PODS}/counter-1"))
+            .await;
+        api.done().await;
+    });
+    let res = run(obj, ctx, scenario).await;
+    res.unwrap();
+    assert!(backends.calls().is_empty());
+}
+
+#[tokio::test]
+async fn deleting_an_in_flight_migration_rolls_back_and_releases_the_finalizer() {
+    let (ctx, mut api, backends) = test_context();
+    let mut obj = migration(Some(progress_at(
+        Phase::Transferring,
+        Strategy::ShadowPod,
+        5,
+    )));
+    obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now(),
+    ));
+    let scenario = tokio::spawn(async move {
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::RollingBack);
+        assert!(st.progress.failure.unwrap().reason.contains("deleted"));
+        api.status_put(MIG_STATUS).await; // replay queue deleted
+        assert_eq!(api.event().await.0, "RollingBack");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        assert_eq!(api.event().await.0, "Failed");
+        let seen = api
+            .expect(
+                Method::PATCH,
+                "/apis/migration.ms2m.io/v1alpha1/namespaces/default/statefulmigrations/mig",
+                StatusCode::OK,
+                Some(serde_json::to_value(migration(None)).unwrap()),
+            )
+            .await;
+        assert_eq!(seen.body[1]["op"], "remove");
+        api.done().await;
+    });
+    // Transferring observes the push job first.
+    backends
+        .push_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Running);
+    run(obj, ctx, scenario).await.unwrap();
+    assert_eq!(
+        backends.calls(),
+        vec![Call::PushJob(None), Call::DeleteReplay]
+    );
+}
+
+#[tokio::test]
+async fn completed_migrations_are_left_alone() {
+    let (ctx, api, backends) = test_context();
+    let mut p = progress_at(Phase::Completed, Strategy::ShadowPod, 5);
+    p.completion_time = Some(Timestamp::now());
+    let scenario = tokio::spawn(async move { api.done().await });
+    let action = run(migration(Some(p)), ctx, scenario).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert!(backends.calls().is_empty());
+}

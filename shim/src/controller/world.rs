@@ -1,0 +1,545 @@
+//! The engine's world as the Kubernetes controller sees it: pods and nodes through the
+//! API, agents and broker through [`Backends`].
+
+use std::sync::Arc;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::{
+    Api, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+use super::api_calls::{self as calls, ApiCall};
+use super::backends::MigrationRef;
+use super::target_pod;
+use super::{Context, Error};
+use crate::crd::{Condition, StatefulMigration, StatefulMigrationStatus};
+use crate::driver::{World, WorldError};
+use crate::engine::{
+    Action, Observation, Phase, Plan, Progress, SourceView, StepState, Strategy, TargetView,
+    TransferMode,
+};
+use crate::messaging::ControlMessage;
+
+/// Lower cost = deleted first when a ReplicaSet scales down (beta since 1.22, on by default).
+const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
+
+/// Documents which table entry a call site uses.
+fn uses(_: ApiCall) {}
+
+fn kube_err(what: &str, e: kube::Error) -> WorldError {
+    match &e {
+        kube::Error::Api(s) if s.code == 403 || s.code == 422 || s.code == 400 => {
+            WorldError::permanent(format!("{what}: {e}"))
+        }
+        _ => WorldError::transient(format!("{what}: {e}")),
+    }
+}
+
+pub(super) struct KubeWorld {
+    ctx: Arc<Context>,
+    obj: StatefulMigration,
+    m: MigrationRef,
+    deleting: bool,
+    source_pod: Option<Pod>,
+}
+
+impl KubeWorld {
+    pub(super) fn new(
+        ctx: Arc<Context>,
+        obj: &StatefulMigration,
+        m: MigrationRef,
+        deleting: bool,
+    ) -> Self {
+        Self {
+            ctx,
+            obj: obj.clone(),
+            m,
+            deleting,
+            source_pod: None,
+        }
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.ctx.client.clone(), &self.m.namespace)
+    }
+
+    fn container_name(&self, pod: Option<&Pod>) -> Option<String> {
+        if let Some(c) = &self.m.spec.container_name {
+            return Some(c.clone());
+        }
+        pod?.spec
+            .as_ref()?
+            .containers
+            .first()
+            .map(|c| c.name.clone())
+    }
+
+    /// The source pod as last observed in this reconcile (for building requests), or
+    /// fetched now.
+    async fn get_source(&mut self) -> Result<Option<Pod>, WorldError> {
+        if let Some(p) = &self.source_pod {
+            return Ok(Some(p.clone()));
+        }
+        self.fetch_source().await
+    }
+
+    async fn fetch_source(&mut self) -> Result<Option<Pod>, WorldError> {
+        uses(calls::POD_GET);
+        let pod = self
+            .pods()
+            .get_opt(&self.m.spec.source_pod)
+            .await
+            .map_err(|e| kube_err("reading the source pod", e))?;
+        self.source_pod.clone_from(&pod);
+        Ok(pod)
+    }
+
+    async fn source_view(&mut self) -> Result<Option<SourceView>, WorldError> {
+        let Some(pod) = self.fetch_source().await? else {
+            return Ok(None);
+        };
+        let container = self.container_name(Some(&pod));
+        let spec = pod.spec.as_ref();
+        let has_container = match (&container, spec) {
+            (Some(c), Some(s)) => s.containers.iter().any(|x| &x.name == c),
+            _ => false,
+        };
+        let owned_by_sts = pod
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.kind == "StatefulSet");
+        Ok(Some(SourceView {
+            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            running: pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                && pod.metadata.deletion_timestamp.is_none(),
+            has_container,
+            natural_strategy: if owned_by_sts {
+                Strategy::Sequential
+            } else {
+                Strategy::ShadowPod
+            },
+        }))
+    }
+
+    async fn node_ready(&self, node: &str) -> Result<Option<bool>, WorldError> {
+        uses(calls::NODE_GET);
+        let nodes: Api<Node> = Api::all(self.ctx.client.clone());
+        let Some(n) = nodes
+            .get_opt(node)
+            .await
+            .map_err(|e| kube_err("reading the target node", e))?
+        else {
+            return Ok(None);
+        };
+        let ready = n
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let schedulable = !n.spec.and_then(|s| s.unschedulable).unwrap_or(false);
+        Ok(Some(ready && schedulable))
+    }
+
+    async fn target_view(&self, name: &str) -> Result<TargetView, WorldError> {
+        uses(calls::POD_GET);
+        let Some(pod) = self
+            .pods()
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_err("reading the target pod", e))?
+        else {
+            return Ok(TargetView::Absent);
+        };
+        let status = pod.status.unwrap_or_default();
+        let waiting = status
+            .container_statuses
+            .unwrap_or_default()
+            .into_iter()
+            .find_map(|c| c.state?.waiting?.reason);
+        Ok(match status.phase.as_deref() {
+            Some("Running") => TargetView::Running,
+            Some("Failed") | Some("Succeeded") => TargetView::Failed {
+                reason: status
+                    .message
+                    .or(status.reason)
+                    .unwrap_or_else(|| "the target pod exited".into()),
+            },
+            _ => match waiting.as_deref() {
+                // Restoring again would fail the same way: stop now, not at the timeout.
+                Some(r @ ("CrashLoopBackOff" | "CreateContainerError" | "InvalidImageName")) => {
+                    TargetView::Failed {
+                        reason: r.to_owned(),
+                    }
+                }
+                _ => TargetView::Pending { reason: waiting },
+            },
+        })
+    }
+
+    /// `<sts>-<ordinal>` → (`<sts>`, ordinal).
+    fn statefulset_of(&self) -> Result<(String, i32), WorldError> {
+        let pod = &self.m.spec.source_pod;
+        pod.rsplit_once('-')
+            .and_then(|(sts, ord)| Some((sts.to_owned(), ord.parse::<i32>().ok()?)))
+            .ok_or_else(|| {
+                WorldError::permanent(format!(
+                    "{pod} is not named like a StatefulSet pod (<name>-<ordinal>)"
+                ))
+            })
+    }
+
+    /// Scaling a StatefulSet down removes its highest ordinals: only the highest one can
+    /// be migrated Sequentially without taking its siblings down too.
+    async fn sequential_precondition(&self) -> Result<Option<String>, WorldError> {
+        let (sts, ordinal) = match self.statefulset_of() {
+            Ok(x) => x,
+            Err(e) => return Ok(Some(e.message)),
+        };
+        uses(calls::STATEFULSET_GET);
+        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.m.namespace);
+        let Some(s) = api
+            .get_opt(&sts)
+            .await
+            .map_err(|e| kube_err("reading the source StatefulSet", e))?
+        else {
+            return Ok(Some(format!("StatefulSet {sts} not found")));
+        };
+        let replicas = s.spec.and_then(|s| s.replicas).unwrap_or(1);
+        Ok((replicas != ordinal + 1).then(|| {
+            format!(
+                "a Sequential migration moves the StatefulSet's highest ordinal ({sts}-{}), not {}",
+                replicas - 1,
+                self.m.spec.source_pod
+            )
+        }))
+    }
+
+    async fn scale_statefulset(&self, replicas: i32) -> Result<(), WorldError> {
+        let (sts, _) = self.statefulset_of()?;
+        uses(calls::STATEFULSET_SCALE_PATCH);
+        let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.m.namespace);
+        api.patch_scale(
+            &sts,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+        )
+        .await
+        .map_err(|e| kube_err("scaling the source StatefulSet", e))?;
+        Ok(())
+    }
+
+    /// Stops a ShadowPod source. A ReplicaSet-owned source would be replaced by a fresh
+    /// pod (a second consumer without the state), so the target takes its place in the
+    /// ReplicaSet first: the source gets the lowest deletion cost (should the ReplicaSet
+    /// trim a surplus pod, it picks the source), the target gets the labels that make
+    /// the ReplicaSet adopt it, then the source goes. Each step is idempotent; a source
+    /// already gone has nothing to hand over.
+    async fn hand_over_and_stop_source(&mut self, target: &str) -> Result<(), WorldError> {
+        let Some(source) = self.fetch_source().await? else {
+            return Ok(());
+        };
+        let owned_by_rs = source
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.kind == "ReplicaSet");
+        if owned_by_rs {
+            uses(calls::POD_PATCH);
+            let pods = self.pods();
+            let cost = json!({"metadata": {"annotations": {DELETION_COST: i32::MIN.to_string()}}});
+            pods.patch(
+                &self.m.spec.source_pod,
+                &PatchParams::default(),
+                &Patch::Merge(cost),
+            )
+            .await
+            .map_err(|e| kube_err("lowering the source's deletion cost", e))?;
+            let labels = json!({"metadata": {"labels": source.labels()}});
+            pods.patch(target, &PatchParams::default(), &Patch::Merge(labels))
+                .await
+                .map_err(|e| kube_err("handing the source's labels to the target", e))?;
+        }
+        self.delete_pod(&self.m.spec.source_pod).await
+    }
+
+    async fn delete_pod(&self, name: &str) -> Result<(), WorldError> {
+        uses(calls::POD_DELETE);
+        match self.pods().delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+            Err(e) => Err(kube_err("deleting a pod", e)),
+        }
+    }
+
+    /// The pod the target is built from: the source pod, or for a Sequential migration
+    /// (source already gone) the StatefulSet's template.
+    async fn template(&mut self, strategy: Strategy) -> Result<Pod, WorldError> {
+        if strategy == Strategy::Sequential {
+            let (sts, _) = self.statefulset_of()?;
+            uses(calls::STATEFULSET_GET);
+            let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.m.namespace);
+            let s = api
+                .get(&sts)
+                .await
+                .map_err(|e| kube_err("reading the source StatefulSet", e))?;
+            let spec = s.spec.unwrap_or_default();
+            let mut meta = spec.template.metadata.unwrap_or_default();
+            // Labels of the StatefulSet's selector would make it adopt (and delete) the target.
+            if let Some(sel) = spec.selector.match_labels
+                && let Some(labels) = meta.labels.as_mut()
+            {
+                labels.retain(|k, _| !sel.contains_key(k));
+            }
+            meta.name = Some(self.m.spec.source_pod.clone());
+            meta.namespace = Some(self.m.namespace.clone());
+            return Ok(Pod {
+                metadata: meta,
+                spec: spec.template.spec,
+                status: None,
+            });
+        }
+        self.get_source().await?.ok_or_else(|| {
+            WorldError::permanent("the source pod disappeared before the target was created")
+        })
+    }
+}
+
+fn condition(progress: &Progress, prev: &[Condition], now: &str) -> Vec<Condition> {
+    let (status, reason, message) = match progress.phase {
+        Phase::Completed => ("True", "Completed", "the target serves".to_owned()),
+        Phase::Failed => (
+            "False",
+            "Failed",
+            progress
+                .failure
+                .as_ref()
+                .map(|f| f.reason.clone())
+                .unwrap_or_default(),
+        ),
+        p => ("Unknown", p.as_str(), format!("migration in phase {p}")),
+    };
+    let since = prev
+        .iter()
+        .find(|c| c.type_ == "Succeeded" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_owned());
+    vec![Condition {
+        type_: "Succeeded".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+    }]
+}
+
+#[async_trait::async_trait]
+impl World for KubeWorld {
+    async fn observe(
+        &mut self,
+        plan: &Plan,
+        progress: &Progress,
+    ) -> Result<Observation, WorldError> {
+        let mut obs = Observation::at(jiff::Timestamp::now());
+        obs.deleting = self.deleting;
+        let source_node = progress.source_node.clone().unwrap_or_default();
+        match progress.phase {
+            Phase::Pending => {
+                if let Err(e) = self.m.spec.validate() {
+                    obs.fatal = Some(e.to_string());
+                    return Ok(obs);
+                }
+                if plan.transfer_mode == TransferMode::Direct {
+                    obs.fatal = Some(
+                        "transferMode Direct is not available in Kubernetes yet (the runtime restores from an image); use Registry".into(),
+                    );
+                    return Ok(obs);
+                }
+                obs.source = self.source_view().await?;
+                obs.target_node_ready = self.node_ready(&plan.target_node).await?;
+                let sequential = plan
+                    .strategy
+                    .or(obs.source.as_ref().map(|s| s.natural_strategy));
+                if obs.source.is_some() && sequential == Some(Strategy::Sequential) {
+                    obs.fatal = self.sequential_precondition().await?;
+                }
+            }
+            Phase::Checkpointing
+                if progress.steps.replay_topology == StepState::Done
+                    && progress.steps.checkpoint == StepState::NotStarted =>
+            {
+                let b = &self.ctx.backends;
+                obs.primary_depth = b.queue_depth(&self.m, &plan.queues.primary).await?;
+                obs.replay_depth = b.queue_depth(&self.m, &plan.queues.replay).await?;
+            }
+            Phase::Checkpointing if progress.steps.checkpoint != StepState::NotStarted => {
+                obs.checkpoint = self
+                    .ctx
+                    .backends
+                    .checkpoint_job(
+                        &self.m,
+                        &source_node,
+                        progress.checkpoint_job.as_deref(),
+                        &plan.checkpoint_id,
+                    )
+                    .await?;
+            }
+            Phase::Transferring if progress.steps.transfer != StepState::NotStarted => {
+                obs.transfer = self
+                    .ctx
+                    .backends
+                    .push_job(&self.m, &source_node, progress.transfer_job.as_deref())
+                    .await?;
+            }
+            Phase::Restoring => {
+                obs.target = self.target_view(&plan.target_name).await?;
+                if progress.strategy == Some(Strategy::Sequential) {
+                    obs.source = self.source_view().await?;
+                }
+            }
+            Phase::Replaying => {
+                obs.target = TargetView::Running;
+                if progress.steps.stop_source == StepState::Done
+                    && progress.steps.unbind_replay != StepState::Done
+                {
+                    obs.source = self.source_view().await?;
+                }
+                obs.replay_depth = self
+                    .ctx
+                    .backends
+                    .queue_depth(&self.m, &plan.queues.replay)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(obs)
+    }
+
+    async fn execute(
+        &mut self,
+        plan: &Plan,
+        progress: &mut Progress,
+        action: &Action,
+    ) -> Result<(), WorldError> {
+        let b = self.ctx.backends.clone();
+        let strategy = progress.strategy.unwrap_or(Strategy::ShadowPod);
+        let source_node = progress.source_node.clone().unwrap_or_default();
+        match action {
+            Action::EnsureReplayTopology => b.ensure_replay_topology(&self.m).await,
+            Action::StartCheckpoint { checkpoint_id } => {
+                let pod = self.get_source().await?;
+                let container = self.container_name(pod.as_ref()).ok_or_else(|| {
+                    WorldError::permanent("cannot tell which container to checkpoint")
+                })?;
+                if let Some(job) = b
+                    .start_checkpoint(
+                        &self.m,
+                        &source_node,
+                        &self.m.spec.source_pod,
+                        &container,
+                        checkpoint_id,
+                    )
+                    .await?
+                {
+                    crate::engine::record_job(progress, action, &job);
+                }
+                Ok(())
+            }
+            Action::StartTransfer {
+                checkpoint_id,
+                mode,
+                image,
+            } => {
+                if *mode == TransferMode::Direct {
+                    return Err(WorldError::permanent(
+                        "transferMode Direct is not available in Kubernetes",
+                    ));
+                }
+                let job = b
+                    .start_push(&self.m, &source_node, checkpoint_id, image)
+                    .await?;
+                crate::engine::record_job(progress, action, &job);
+                Ok(())
+            }
+            Action::StopSource => match strategy {
+                Strategy::ShadowPod => self.hand_over_and_stop_source(&plan.target_name).await,
+                Strategy::Sequential => {
+                    let (_, ordinal) = self.statefulset_of()?;
+                    self.scale_statefulset(ordinal).await
+                }
+            },
+            Action::CreateTarget { name, image, node } => {
+                let template = self.template(strategy).await?;
+                let container = self
+                    .container_name(Some(&template))
+                    .ok_or_else(|| WorldError::permanent("the source has no container"))?;
+                let pod = target_pod::build(&template, &container, name, node, image, &self.m.name);
+                uses(calls::POD_CREATE);
+                match self.pods().create(&PostParams::default(), &pod).await {
+                    Ok(_) => Ok(()),
+                    // Created by an earlier attempt whose outcome we didn't see.
+                    Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                    Err(e) => Err(kube_err("creating the target pod", e)),
+                }
+            }
+            Action::SendStartReplay {
+                control_queue,
+                replay_queue,
+            } => {
+                b.send_control(
+                    &self.m,
+                    control_queue,
+                    &ControlMessage::start_replay(replay_queue),
+                )
+                .await
+            }
+            Action::UnbindReplay => b.unbind_replay(&self.m).await,
+            Action::SendEndReplay { control_queue } => {
+                b.send_control(&self.m, control_queue, &ControlMessage::EndReplay)
+                    .await
+            }
+            Action::DeleteReplayQueue => b.delete_replay(&self.m).await,
+            Action::RemoveSource => match strategy {
+                Strategy::ShadowPod => self.delete_pod(&self.m.spec.source_pod).await,
+                // Already scaled away in Restoring.
+                Strategy::Sequential => Ok(()),
+            },
+            Action::DeleteTarget { name } => self.delete_pod(name).await,
+            Action::ResumeSource => {
+                let (_, ordinal) = self.statefulset_of()?;
+                let _ = plan;
+                self.scale_statefulset(ordinal + 1).await
+            }
+        }
+    }
+
+    async fn persist(&mut self, progress: &Progress) -> Result<(), WorldError> {
+        let prev = self.obj.status.clone().unwrap_or_default();
+        let now = jiff::Timestamp::now().to_string();
+        let status = StatefulMigrationStatus {
+            progress: progress.clone(),
+            conditions: condition(progress, &prev.conditions, &now),
+            observed_generation: self.obj.metadata.generation,
+        };
+        let mut obj = self.obj.clone();
+        obj.status = Some(status);
+        uses(calls::MIGRATION_STATUS_UPDATE);
+        let api: Api<StatefulMigration> =
+            Api::namespaced(self.ctx.client.clone(), &self.m.namespace);
+        match api
+            .replace_status(&self.m.name, &PostParams::default(), &obj)
+            .await
+        {
+            Ok(updated) => {
+                self.obj = updated;
+                Ok(())
+            }
+            Err(e) => Err(WorldError::transient(format!(
+                "writing the status: {}",
+                Error::Kube(e)
+            ))),
+        }
+    }
+}

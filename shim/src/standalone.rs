@@ -1,0 +1,572 @@
+//! `ms2m-shim migrate`: the same phase engine without Kubernetes. The source and target
+//! are runc containers managed by the node agents; the checkpoint travels through a
+//! registry (push, then pull on the target) or agent to agent (Direct).
+//!
+//! Progress lives in memory: a driver killed mid-migration leaves what the engine's
+//! rollback would clean up (target container, replay queue); the source keeps running.
+//! Decisions: standalone migrations are always ShadowPod (the agent can't "scale" a
+//! container back), so a failure after the cutoff keeps the target for the operator.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::warn;
+
+use crate::agent_client::{
+    AgentClient, AgentError, CheckpointRequest, DirectSendRequest, Job, JobStatus, PushRequest,
+    RestoreRequest,
+};
+use crate::driver::{self, World, WorldError};
+use crate::engine::{
+    Action, JobView, Next, Observation, Phase, Plan, Progress, QueueNames, ReplayMode, SourceView,
+    StepState, Strategy, TargetView, TransferMode,
+};
+use crate::messaging::{ControlMessage, Messaging, MessagingError};
+
+/// Everything `migrate` needs, parsed from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub source_agent: crate::agent_client::AgentAddr,
+    pub target_agent: crate::agent_client::AgentAddr,
+    pub container: String,
+    pub target_container: String,
+    pub target_netns: Option<String>,
+    /// Image rootfs of the source (recorded in the checkpoint).
+    pub rootfs_image: Option<String>,
+    /// Image rootfs on the target node (default: the one recorded in the checkpoint).
+    pub rootfs: Option<String>,
+    pub tcp_established: bool,
+    pub transfer: TransferMode,
+    /// Registry mode: where the checkpoint image goes.
+    pub image: Option<String>,
+    pub insecure_registry: bool,
+    /// Direct mode: the target agent's URL as the source agent reaches it.
+    pub direct_target: Option<String>,
+    pub broker_url: String,
+    pub queue: String,
+    pub exchange: String,
+    pub routing_key: String,
+    /// `<target>` in `ms2m.control.<target>`: what the restored consumer calls itself.
+    pub control_name: String,
+    pub replay_mode: ReplayMode,
+    pub replay_cutoff: Duration,
+    pub phase_timeout: Duration,
+    pub checkpoint_id: String,
+}
+
+/// What `migrate` prints with `--json`, and returns.
+#[derive(Serialize, Debug)]
+pub struct Report {
+    pub succeeded: bool,
+    pub total_ms: u64,
+    pub progress: Progress,
+}
+
+fn agent_err(e: AgentError) -> WorldError {
+    if e.is_permanent() {
+        WorldError::permanent(e.to_string())
+    } else {
+        WorldError::transient(e.to_string())
+    }
+}
+
+fn mq_err(e: MessagingError) -> WorldError {
+    if e.is_permanent() {
+        WorldError::permanent(e.to_string())
+    } else {
+        WorldError::transient(e.to_string())
+    }
+}
+
+fn job_view(job: Option<Job>, output: impl Fn(&Job) -> Option<String>) -> JobView {
+    let Some(job) = job else {
+        return JobView::NotStarted;
+    };
+    match job.status {
+        JobStatus::Queued | JobStatus::Running => JobView::Running,
+        JobStatus::Succeeded => match output(&job) {
+            Some(o) => JobView::Succeeded { output: o },
+            None => JobView::Failed {
+                reason: format!("job {} succeeded without the expected result", job.id),
+            },
+        },
+        _ => JobView::Failed {
+            reason: job.failure(),
+        },
+    }
+}
+
+struct Standalone {
+    s: Settings,
+    source: AgentClient,
+    target: AgentClient,
+    broker: Messaging,
+    started: Instant,
+    last_phase: Phase,
+    live: bool,
+}
+
+impl Standalone {
+    /// Waits for a job to finish (long-polling); fails when it didn't succeed.
+    async fn wait_job(
+        &self,
+        agent: &AgentClient,
+        job: Job,
+        deadline: Instant,
+    ) -> Result<Job, WorldError> {
+        let mut job = job;
+        while !job.status.is_terminal() {
+            if Instant::now() >= deadline {
+                return Err(WorldError::permanent(format!(
+                    "{} job {} did not finish in time",
+                    job.kind, job.id
+                )));
+            }
+            job = agent
+                .job(&job.id, Duration::from_secs(5))
+                .await
+                .map_err(agent_err)?
+                .ok_or_else(|| WorldError::transient(format!("the agent forgot job {}", job.id)))?;
+        }
+        if job.status != JobStatus::Succeeded {
+            return Err(WorldError::permanent(format!(
+                "{} job failed: {}",
+                job.kind,
+                job.failure()
+            )));
+        }
+        Ok(job)
+    }
+
+    fn live_line(&mut self, progress: &Progress) {
+        if !self.live {
+            return;
+        }
+        let depth = progress
+            .replay
+            .last_depth
+            .map(|d| format!("  replay depth {d}"))
+            .unwrap_or_default();
+        let mut err = std::io::stderr();
+        let _ = write!(
+            err,
+            "\r\x1b[2K[ms2m] {:<13} {:>7.1}s{depth}",
+            progress.phase.as_str(),
+            self.started.elapsed().as_secs_f64()
+        );
+        if progress.phase != self.last_phase {
+            self.last_phase = progress.phase;
+            if progress.phase.is_terminal() {
+                let _ = writeln!(err);
+            }
+        }
+        let _ = err.flush();
+    }
+}
+
+#[async_trait::async_trait]
+impl World for Standalone {
+    async fn observe(
+        &mut self,
+        plan: &Plan,
+        progress: &Progress,
+    ) -> Result<Observation, WorldError> {
+        let mut obs = Observation::at(jiff::Timestamp::now());
+        match progress.phase {
+            Phase::Pending => {
+                let src = self
+                    .source
+                    .container(&self.s.container)
+                    .await
+                    .map_err(agent_err)?;
+                obs.source = src.map(|c| SourceView {
+                    node: self.source.addr().to_string(),
+                    running: c.status == "running",
+                    has_container: true,
+                    natural_strategy: Strategy::ShadowPod,
+                });
+                obs.target_node_ready = Some(self.target.ready().await.is_ok());
+                if self.s.transfer == TransferMode::Registry && self.s.image.is_none() {
+                    obs.fatal = Some("--image is required with --transfer registry".into());
+                }
+                if self.s.transfer == TransferMode::Direct && self.s.direct_target.is_none() {
+                    obs.fatal = Some("--direct-target is required with --transfer direct".into());
+                }
+            }
+            Phase::Checkpointing
+                if progress.steps.replay_topology == StepState::Done
+                    && progress.steps.checkpoint == StepState::NotStarted =>
+            {
+                obs.primary_depth = self
+                    .broker
+                    .queue_depth(&plan.queues.primary)
+                    .await
+                    .map_err(mq_err)?;
+                obs.replay_depth = self
+                    .broker
+                    .queue_depth(&plan.queues.replay)
+                    .await
+                    .map_err(mq_err)?;
+            }
+            Phase::Checkpointing if progress.steps.checkpoint != StepState::NotStarted => {
+                let job = match &progress.checkpoint_job {
+                    Some(id) => self
+                        .source
+                        .job(id, Duration::from_secs(1))
+                        .await
+                        .map_err(agent_err)?,
+                    None => None,
+                };
+                obs.checkpoint = job_view(job, |j| j.result_str("checkpoint_id"));
+                if obs.checkpoint == JobView::NotStarted
+                    && self
+                        .source
+                        .checkpoint_exists(&plan.checkpoint_id)
+                        .await
+                        .map_err(agent_err)?
+                {
+                    obs.checkpoint = JobView::Succeeded {
+                        output: plan.checkpoint_id.clone(),
+                    };
+                }
+            }
+            Phase::Transferring if progress.steps.transfer != StepState::NotStarted => {
+                let job = match &progress.transfer_job {
+                    Some(id) => self
+                        .source
+                        .job(id, Duration::from_secs(1))
+                        .await
+                        .map_err(agent_err)?,
+                    None => None,
+                };
+                let direct = self.s.transfer == TransferMode::Direct;
+                obs.transfer = job_view(job, |j| {
+                    if direct {
+                        j.result_str("target_checkpoint_id")
+                    } else {
+                        j.result_str("image")
+                    }
+                });
+            }
+            Phase::Restoring => {
+                obs.target = match self
+                    .target
+                    .container(&plan.target_name)
+                    .await
+                    .map_err(agent_err)?
+                {
+                    None => TargetView::Absent,
+                    Some(c) if c.status == "running" => TargetView::Running,
+                    Some(c) if c.status == "stopped" => TargetView::Failed {
+                        reason: format!("target container {} stopped", c.id),
+                    },
+                    Some(c) => TargetView::Pending {
+                        reason: Some(c.status),
+                    },
+                };
+            }
+            Phase::Replaying => {
+                obs.target = TargetView::Running;
+                if progress.steps.stop_source == StepState::Done
+                    && progress.steps.unbind_replay != StepState::Done
+                {
+                    let src = self
+                        .source
+                        .container(&self.s.container)
+                        .await
+                        .map_err(agent_err)?;
+                    obs.source = src.map(|c| SourceView {
+                        node: self.source.addr().to_string(),
+                        running: c.status == "running",
+                        has_container: true,
+                        natural_strategy: Strategy::ShadowPod,
+                    });
+                }
+                obs.replay_depth = self
+                    .broker
+                    .queue_depth(&plan.queues.replay)
+                    .await
+                    .map_err(mq_err)?;
+            }
+            _ => {}
+        }
+        Ok(obs)
+    }
+
+    async fn execute(
+        &mut self,
+        plan: &Plan,
+        progress: &mut Progress,
+        action: &Action,
+    ) -> Result<(), WorldError> {
+        match action {
+            Action::EnsureReplayTopology => self
+                .broker
+                .ensure_replay_topology(&plan.queues)
+                .await
+                .map_err(mq_err),
+            Action::StartCheckpoint { checkpoint_id } => {
+                let req = CheckpointRequest::Runc {
+                    container_id: self.s.container.clone(),
+                    leave_running: true,
+                    tcp_established: self.s.tcp_established,
+                    checkpoint_id: checkpoint_id.clone(),
+                    rootfs_image: self.s.rootfs_image.clone(),
+                };
+                match self.source.start_checkpoint(&req).await {
+                    Ok(job) => {
+                        crate::engine::record_job(progress, action, &job.id);
+                        Ok(())
+                    }
+                    // Asked before and the answer was lost: the checkpoint id is taken.
+                    Err(e) if e.status() == Some(409) => Ok(()),
+                    Err(e) => Err(agent_err(e)),
+                }
+            }
+            Action::StartTransfer {
+                checkpoint_id,
+                mode,
+                image,
+            } => {
+                let job = match mode {
+                    TransferMode::Registry => self
+                        .source
+                        .start_push(&PushRequest {
+                            checkpoint_id: checkpoint_id.clone(),
+                            image: image.clone(),
+                            compression: "zstd".into(),
+                            insecure: self.s.insecure_registry,
+                        })
+                        .await
+                        .map_err(agent_err)?,
+                    TransferMode::Direct => self
+                        .source
+                        .start_direct_send(&DirectSendRequest {
+                            checkpoint_id: checkpoint_id.clone(),
+                            target: self.s.direct_target.clone().unwrap_or_default(),
+                            target_checkpoint_id: checkpoint_id.clone(),
+                        })
+                        .await
+                        .map_err(agent_err)?,
+                };
+                crate::engine::record_job(progress, action, &job.id);
+                Ok(())
+            }
+            Action::CreateTarget { name, image, .. } => {
+                let deadline = Instant::now() + plan.phase_timeout;
+                if self.s.transfer == TransferMode::Registry {
+                    let pull = serde_json::json!({"image": image, "checkpoint_id": plan.checkpoint_id,
+                        "insecure": self.s.insecure_registry});
+                    match self.target_pull(&pull).await {
+                        Ok(job) => {
+                            self.wait_job(&self.target, job, deadline).await?;
+                        }
+                        // Pulled by an earlier attempt.
+                        Err(e) if e.status() == Some(409) => {}
+                        Err(e) => return Err(agent_err(e)),
+                    }
+                }
+                let req = RestoreRequest {
+                    checkpoint_id: plan.checkpoint_id.clone(),
+                    container_id: name.clone(),
+                    netns_path: self.s.target_netns.clone(),
+                    rootfs: self.s.rootfs.clone(),
+                    tcp_established: self.s.tcp_established,
+                };
+                match self.target.start_restore(&req).await {
+                    Ok(job) => {
+                        self.wait_job(&self.target, job, deadline).await?;
+                        Ok(())
+                    }
+                    Err(e) if e.status() == Some(409) => Ok(()),
+                    Err(e) => Err(agent_err(e)),
+                }
+            }
+            Action::SendStartReplay {
+                control_queue,
+                replay_queue,
+            } => self
+                .broker
+                .send_control(control_queue, &ControlMessage::start_replay(replay_queue))
+                .await
+                .map_err(mq_err),
+            Action::UnbindReplay => self
+                .broker
+                .unbind_replay(&plan.queues)
+                .await
+                .map_err(mq_err),
+            Action::SendEndReplay { control_queue } => self
+                .broker
+                .send_control(control_queue, &ControlMessage::EndReplay)
+                .await
+                .map_err(mq_err),
+            Action::DeleteReplayQueue => self
+                .broker
+                .delete_replay(&plan.queues)
+                .await
+                .map_err(mq_err),
+            Action::StopSource | Action::RemoveSource => self
+                .source
+                .delete_container(&self.s.container)
+                .await
+                .map_err(agent_err),
+            Action::DeleteTarget { name } => {
+                self.target.delete_container(name).await.map_err(agent_err)
+            }
+            Action::ResumeSource => Err(WorldError::permanent(
+                "a stopped standalone source cannot be resumed",
+            )),
+        }
+    }
+
+    async fn persist(&mut self, progress: &Progress) -> Result<(), WorldError> {
+        self.live_line(progress);
+        Ok(())
+    }
+}
+
+impl Standalone {
+    async fn target_pull(&self, body: &serde_json::Value) -> Result<Job, AgentError> {
+        self.target.start_pull(body).await
+    }
+}
+
+/// Runs one migration to its end. `live`: print the phase line on stderr.
+pub async fn migrate(s: Settings, live: bool) -> Result<Report, crate::messaging::MessagingError> {
+    let queues = QueueNames::new(&s.exchange, &s.queue, &s.routing_key, &s.control_name);
+    let plan = Plan {
+        replay_mode: s.replay_mode,
+        replay_cutoff: s.replay_cutoff,
+        phase_timeout: s.phase_timeout,
+        transfer_mode: s.transfer,
+        strategy: Some(Strategy::ShadowPod),
+        target_node: s.target_agent.to_string(),
+        target_name: s.target_container.clone(),
+        checkpoint_id: s.checkpoint_id.clone(),
+        checkpoint_image: s.image.clone().unwrap_or_default(),
+        queues,
+    };
+    let mut world = Standalone {
+        source: AgentClient::new(s.source_agent.clone()),
+        target: AgentClient::new(s.target_agent.clone()),
+        broker: Messaging::new(&s.broker_url, &s.checkpoint_id)?,
+        s,
+        started: Instant::now(),
+        last_phase: Phase::Pending,
+        live,
+    };
+    let mut progress = Progress::default();
+    let mut fatal = None;
+    let mut errors = 0u32;
+    loop {
+        match driver::round(&mut world, &plan, &mut progress, &mut fatal).await {
+            Ok(d) => {
+                errors = 0;
+                match d.next {
+                    Next::Now => {}
+                    Next::After(wait) => tokio::time::sleep(wait).await,
+                    Next::Stop => break,
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                warn!(error = %e, errors, "round failed, retrying");
+                // A world that stays unreachable is a failure, not a reason to spin
+                // forever: fail (and roll back) after a phase timeout's worth of
+                // attempts, and stop trying after twice that.
+                let limit = plan.phase_timeout.as_secs().max(1);
+                if u64::from(errors) > 2 * limit {
+                    warn!("giving up; the migration is left as reported");
+                    break;
+                }
+                if u64::from(errors) > limit && progress.failure.is_none() {
+                    fatal = Some(format!("giving up after {errors} failed attempts: {e}"));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    Ok(Report {
+        succeeded: progress.phase == Phase::Completed,
+        total_ms: world
+            .started
+            .elapsed()
+            .as_millis()
+            .try_into()
+            .unwrap_or(u64::MAX),
+        progress,
+    })
+}
+
+/// The final table of phase timings.
+pub fn timing_table(r: &Report) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("{:<14} {:>10}\n", "PHASE", "DURATION"));
+    for t in &r.progress.phase_timings {
+        let d = t.duration_ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("{:.3} s", ms as f64 / 1000.0),
+        );
+        out.push_str(&format!("{:<14} {:>10}\n", t.phase.as_str(), d));
+    }
+    out.push_str(&format!(
+        "{:<14} {:>10}\n",
+        "total",
+        format!("{:.3} s", r.total_ms as f64 / 1000.0)
+    ));
+    let rep = &r.progress.replay;
+    if let Some(d) = rep.depth_at_start {
+        out.push_str(&format!(
+            "replay: backlog {d}, peak {}, source stopped by {}\n",
+            rep.peak_depth.unwrap_or(d),
+            rep.stop_reason.as_deref().unwrap_or("-")
+        ));
+    }
+    match &r.progress.failure {
+        Some(f) => out.push_str(&format!(
+            "FAILED in {}: {}{}\n",
+            f.phase,
+            f.reason,
+            if f.rolled_back { " (rolled back)" } else { "" }
+        )),
+        None if r.succeeded => out.push_str("Completed\n"),
+        None => {}
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::PhaseTiming;
+
+    #[test]
+    fn the_table_lists_every_phase_and_the_total() {
+        let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let r = Report {
+            succeeded: true,
+            total_ms: 2500,
+            progress: Progress {
+                phase: Phase::Completed,
+                phase_timings: vec![
+                    PhaseTiming {
+                        phase: Phase::Checkpointing,
+                        started_at: t0,
+                        duration_ms: Some(250),
+                    },
+                    PhaseTiming {
+                        phase: Phase::Replaying,
+                        started_at: t0,
+                        duration_ms: Some(1200),
+                    },
+                ],
+                ..Progress::default()
+            },
+        };
+        let table = timing_table(&r);
+        assert!(table.contains("Checkpointing     0.250 s"), "{table}");
+        assert!(table.contains("total             2.500 s"), "{table}");
+        assert!(table.ends_with("Completed\n"));
+    }
+}
