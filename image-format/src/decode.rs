@@ -1,0 +1,347 @@
+//! The verifying decoder: layer bytes → digest check → decompress → diff_id check →
+//! hostile-entry rules → files inside a [`Staging`] directory, renamed into place only
+//! when everything verified.
+//!
+//! Layers are parsed with the `tar` crate in raw mode: PAX and GNU long-name meta entries
+//! are handled here, so their size is checked against the limit before any of it is
+//! buffered (a compressed layer can declare a gigabyte-sized header in a few kilobytes).
+//! A PAX `size` that differs from the header's is refused: our encoder never writes one
+//! (it uses GNU base-256 sizes), and honouring it would need the parser's cooperation.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+
+use tracing::debug;
+
+use crate::archive::EntryKind;
+use crate::compression::CompressionKind;
+use crate::digest::HashingReader;
+use crate::encode::LayerDescriptor;
+use crate::error::{Error, IoContext, Result};
+use crate::staging::{Item, Staging};
+use crate::validate;
+
+const COPY_BUF: usize = 1 << 20;
+
+/// What a layer must hash to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedLayer {
+    pub media_type: String,
+    /// Compressed digest (`sha256:<hex>`).
+    pub digest: String,
+    /// Compressed size.
+    pub size: u64,
+    /// Uncompressed digest from the config's `rootfs.diff_ids`, when known.
+    pub diff_id: Option<String>,
+}
+
+impl ExpectedLayer {
+    /// From a manifest layer descriptor and the matching config diff_id.
+    pub fn new(descriptor: &oci_spec::image::Descriptor, diff_id: Option<&str>) -> Self {
+        ExpectedLayer {
+            media_type: descriptor.media_type().to_string(),
+            digest: descriptor.digest().to_string(),
+            size: descriptor.size(),
+            diff_id: diff_id.map(str::to_owned),
+        }
+    }
+}
+
+impl From<&LayerDescriptor> for ExpectedLayer {
+    fn from(d: &LayerDescriptor) -> Self {
+        ExpectedLayer {
+            media_type: d.media_type.clone(),
+            digest: d.digest.clone(),
+            size: d.size,
+            diff_id: Some(d.diff_id.clone()),
+        }
+    }
+}
+
+/// What one layer unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LayerStats {
+    pub entries: usize,
+    pub compressed_size: u64,
+    pub uncompressed_size: u64,
+}
+
+/// Unpacks one layer into the staging directory, verifying compressed digest and size
+/// and the diff_id while streaming. Any error marks the staging as failed (commit is
+/// then refused). Safe to call from several threads on the same `Staging`.
+pub fn unpack_layer<R: Read>(
+    reader: R,
+    expected: &ExpectedLayer,
+    staging: &Staging,
+) -> Result<LayerStats> {
+    let r = unpack_inner(reader, expected, staging);
+    if r.is_err() {
+        staging.fail();
+    }
+    r
+}
+
+fn unpack_inner<R: Read>(
+    reader: R,
+    expected: &ExpectedLayer,
+    staging: &Staging,
+) -> Result<LayerStats> {
+    crate::digest::digest_hex(&expected.digest)?;
+    let kind = CompressionKind::from_media_type(&expected.media_type).ok_or_else(|| {
+        Error::Image(format!(
+            "unsupported layer media type `{}`",
+            expected.media_type
+        ))
+    })?;
+    let mut outer = HashingReader::new(reader);
+    let inner_result = (|| -> Result<(usize, String, u64)> {
+        let decompressed: Box<dyn Read + '_> = match kind {
+            CompressionKind::Zstd => Box::new(
+                zstd::stream::read::Decoder::new(&mut outer).ctx(|| "zstd decoder".into())?,
+            ),
+            CompressionKind::Gzip => Box::new(flate2::read::GzDecoder::new(&mut outer)),
+            CompressionKind::None => Box::new(&mut outer),
+        };
+        let mut inner = HashingReader::new(decompressed);
+        let entries = read_layer_tar(&mut inner, staging)?;
+        // The tar parser stops at the first end block; the digest covers everything.
+        io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
+        let (_, diff_id, n) = inner.finish();
+        Ok((entries, diff_id, n))
+    })();
+    // Read the blob to its end even after an error: when the bytes are not the ones the
+    // manifest names, that (not whatever the corruption made the parser trip over) is
+    // the error to report.
+    let drained = io::copy(&mut outer, &mut io::sink());
+    let (_, digest, size) = outer.finish();
+    let (entries, diff_id, uncompressed) = match inner_result {
+        Ok(v) => v,
+        Err(e) => {
+            if drained.is_ok() && digest != expected.digest {
+                return Err(Error::DigestMismatch {
+                    what: "layer (compressed)",
+                    expected: expected.digest.clone(),
+                    actual: digest,
+                });
+            }
+            return Err(e);
+        }
+    };
+    drained.ctx(|| "layer: read to end".into())?;
+    if digest != expected.digest {
+        return Err(Error::DigestMismatch {
+            what: "layer (compressed)",
+            expected: expected.digest.clone(),
+            actual: digest,
+        });
+    }
+    if size != expected.size {
+        return Err(Error::SizeMismatch {
+            what: "layer",
+            expected: expected.size,
+            actual: size,
+        });
+    }
+    if let Some(want) = &expected.diff_id
+        && *want != diff_id
+    {
+        return Err(Error::DigestMismatch {
+            what: "layer diff_id (uncompressed)",
+            expected: want.clone(),
+            actual: diff_id,
+        });
+    }
+    debug!(digest = %expected.digest, entries, "layer verified");
+    Ok(LayerStats {
+        entries,
+        compressed_size: size,
+        uncompressed_size: uncompressed,
+    })
+}
+
+/// Pending meta entries for the next real entry.
+#[derive(Default)]
+struct Meta {
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+    pax: Option<Vec<u8>>,
+}
+
+fn read_layer_tar<R: Read>(reader: R, staging: &Staging) -> Result<usize> {
+    let limits = &staging.limits;
+    let mut ar = tar::Archive::new(reader);
+    let iter = ar.entries().ctx(|| "layer: read tar".into())?.raw(true);
+    let mut meta = Meta::default();
+    let mut in_layer: HashMap<String, ()> = HashMap::new();
+    let mut count = 0usize;
+    let mut buf = vec![0u8; COPY_BUF];
+    for (n, item) in iter.enumerate() {
+        let mut entry =
+            item.map_err(|e| Error::malformed(format!("<layer entry #{n}>"), e.to_string()))?;
+        let ty = entry.header().entry_type();
+        let declared = entry.size();
+        let shown = || String::from_utf8_lossy(&entry_path_guess(&meta)).into_owned();
+        if matches!(
+            ty,
+            tar::EntryType::XHeader
+                | tar::EntryType::XGlobalHeader
+                | tar::EntryType::GNULongName
+                | tar::EntryType::GNULongLink
+        ) {
+            if declared > limits.max_meta_header {
+                return Err(Error::limit(
+                    format!("<meta header before layer entry #{}> {}", count, shown()),
+                    format!(
+                        "meta header of {declared} bytes, limit {}",
+                        limits.max_meta_header
+                    ),
+                ));
+            }
+            let mut v = Vec::with_capacity(declared as usize);
+            entry
+                .read_to_end(&mut v)
+                .ctx(|| "layer: read meta header".into())?;
+            let slot = match ty {
+                tar::EntryType::XHeader => &mut meta.pax,
+                tar::EntryType::GNULongName => {
+                    trim_nul(&mut v);
+                    &mut meta.long_name
+                }
+                tar::EntryType::GNULongLink => {
+                    trim_nul(&mut v);
+                    &mut meta.long_link
+                }
+                _ => continue,
+            };
+            if slot.replace(v).is_some() {
+                return Err(Error::malformed(
+                    format!("<layer entry #{count}>"),
+                    "two meta headers of the same kind for one entry",
+                ));
+            }
+            continue;
+        }
+
+        let pending = std::mem::take(&mut meta);
+        let header = entry.header();
+        let mut raw_path = header.path_bytes().into_owned();
+        let mut raw_link = header.link_name_bytes().map(|c| c.into_owned());
+        if let Some(v) = pending.long_name {
+            raw_path = v;
+        }
+        if let Some(v) = pending.long_link {
+            raw_link = Some(v);
+        }
+        let mut uid = header
+            .uid()
+            .map_err(|e| Error::malformed(String::from_utf8_lossy(&raw_path), e.to_string()))?;
+        let mut gid = header
+            .gid()
+            .map_err(|e| Error::malformed(String::from_utf8_lossy(&raw_path), e.to_string()))?;
+        let mut pax_size = None;
+        if let Some(pax) = &pending.pax {
+            for ext in tar::PaxExtensions::new(pax) {
+                let ext = ext.map_err(|e| {
+                    Error::malformed(String::from_utf8_lossy(&raw_path), format!("PAX: {e}"))
+                })?;
+                match ext.key_bytes() {
+                    b"path" => raw_path = ext.value_bytes().to_vec(),
+                    b"linkpath" => raw_link = Some(ext.value_bytes().to_vec()),
+                    b"uid" => uid = parse_pax_num(ext.value_bytes(), &raw_path)?,
+                    b"gid" => gid = parse_pax_num(ext.value_bytes(), &raw_path)?,
+                    b"size" => pax_size = Some(parse_pax_num(ext.value_bytes(), &raw_path)?),
+                    _ => {}
+                }
+            }
+        }
+        let Some(path) = validate::normalize_path(&raw_path, limits)? else {
+            if ty.is_dir() {
+                continue;
+            }
+            return Err(Error::hostile(
+                String::from_utf8_lossy(&raw_path),
+                "the layer root is not a directory",
+            ));
+        };
+        if pax_size.is_some_and(|s| s != declared) {
+            return Err(Error::malformed(
+                &path,
+                "PAX size override is not supported",
+            ));
+        }
+        let mode = header
+            .mode()
+            .map_err(|e| Error::malformed(&path, e.to_string()))?
+            & 0o7777;
+        let kind = match ty {
+            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File,
+            tar::EntryType::Directory => EntryKind::Dir,
+            tar::EntryType::Symlink => {
+                let t =
+                    raw_link.ok_or_else(|| Error::malformed(&path, "symlink without target"))?;
+                EntryKind::Symlink {
+                    target: validate::check_symlink_target(&path, &t, limits)?,
+                }
+            }
+            tar::EntryType::Link => {
+                let t =
+                    raw_link.ok_or_else(|| Error::malformed(&path, "hard link without target"))?;
+                let target = validate::normalize_path(&t, limits)
+                    .map_err(|e| Error::hostile(&path, format!("hard link target: {e}")))?
+                    .ok_or_else(|| Error::hostile(&path, "hard link to the layer root"))?;
+                EntryKind::Hardlink { target }
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                return Err(Error::hostile(&path, "device node"));
+            }
+            tar::EntryType::Fifo => return Err(Error::hostile(&path, "fifo")),
+            tar::EntryType::GNUSparse => {
+                return Err(Error::hostile(&path, "GNU sparse file (unsupported)"));
+            }
+            other => {
+                return Err(Error::hostile(
+                    &path,
+                    format!("unsupported entry type {:?}", other.as_byte() as char),
+                ));
+            }
+        };
+        if in_layer.insert(path.clone(), ()).is_some() {
+            return Err(Error::hostile(&path, "duplicate entry in layer"));
+        }
+        let size = if kind == EntryKind::File { declared } else { 0 };
+        let item = Item {
+            path: &path,
+            kind: &kind,
+            mode,
+            uid,
+            gid,
+            size,
+        };
+        staging.write(item, &mut entry, &mut buf)?;
+        count += 1;
+    }
+    if meta.long_name.is_some() || meta.long_link.is_some() || meta.pax.is_some() {
+        return Err(Error::malformed(
+            "<end of layer>",
+            "meta header without a following entry",
+        ));
+    }
+    Ok(count)
+}
+
+fn entry_path_guess(meta: &Meta) -> Vec<u8> {
+    meta.long_name.clone().unwrap_or_default()
+}
+
+fn trim_nul(v: &mut Vec<u8>) {
+    while v.last() == Some(&0) {
+        v.pop();
+    }
+}
+
+fn parse_pax_num(v: &[u8], path: &[u8]) -> Result<u64> {
+    std::str::from_utf8(v)
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .ok_or_else(|| Error::malformed(String::from_utf8_lossy(path), "bad PAX number"))
+}

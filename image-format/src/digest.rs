@@ -1,0 +1,219 @@
+//! sha256 while streaming, on either side of a compressor.
+
+use std::io::{self, Read, Write};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::{Scope, ScopedJoinHandle};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::{Error, Result};
+
+/// Formats a finished hash as an OCI digest string.
+pub(crate) fn format_digest(hasher: Sha256) -> String {
+    format!("sha256:{}", hex::encode(hasher.finalize()))
+}
+
+/// sha256 of a byte slice as an OCI digest string.
+pub fn sha256_digest(bytes: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(bytes);
+    format_digest(h)
+}
+
+/// Checks that a digest is `sha256:` + 64 lowercase hex digits and returns the hex part
+/// (safe to use as a file name).
+pub fn digest_hex(digest: &str) -> Result<&str> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .ok_or_else(|| Error::Image(format!("unsupported digest `{digest}` (only sha256)")))?;
+    if hex.len() != 64 || !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Err(Error::Image(format!("malformed digest `{digest}`")));
+    }
+    Ok(hex)
+}
+
+/// Chunk handed to the hashing thread.
+const OFFLOAD_CHUNK: usize = 1 << 20;
+/// Chunks in flight (bounds memory to a few MiB whatever the stream size).
+const OFFLOAD_CHUNKS: usize = 4;
+
+/// Hashes and counts everything written through it, with the sha256 on a helper thread
+/// of `scope`: the encoder's own thread only copies, so on a 2-core machine hashing
+/// overlaps with reading and compressing instead of adding to them. Bytes travel in
+/// pooled 1 MiB chunks (at most 5 alive), so memory stays bounded; the wrapped writer
+/// stays on the caller's thread and needs no `Send`.
+pub(crate) struct OffloadHashingWriter<'scope, W> {
+    inner: W,
+    chunk: Vec<u8>,
+    tx: Option<SyncSender<Vec<u8>>>,
+    pool: Receiver<Vec<u8>>,
+    allocated: usize,
+    handle: Option<ScopedJoinHandle<'scope, Sha256>>,
+    count: u64,
+}
+
+impl<'scope, W: Write> OffloadHashingWriter<'scope, W> {
+    pub(crate) fn new<'env>(scope: &'scope Scope<'scope, 'env>, inner: W) -> Self {
+        let (tx, rx) = sync_channel::<Vec<u8>>(OFFLOAD_CHUNKS);
+        let (pool_tx, pool) = sync_channel::<Vec<u8>>(OFFLOAD_CHUNKS + 1);
+        let handle = scope.spawn(move || {
+            let mut h = Sha256::new();
+            for mut chunk in rx {
+                h.update(&chunk);
+                chunk.clear();
+                // The writer may be gone (error path); the chunk is then just dropped.
+                let _ = pool_tx.try_send(chunk);
+            }
+            h
+        });
+        OffloadHashingWriter {
+            inner,
+            chunk: Vec::with_capacity(OFFLOAD_CHUNK),
+            tx: Some(tx),
+            pool,
+            allocated: 1,
+            handle: Some(handle),
+            count: 0,
+        }
+    }
+
+    fn ship(&mut self) -> io::Result<()> {
+        let next = if let Ok(v) = self.pool.try_recv() {
+            v
+        } else if self.allocated < OFFLOAD_CHUNKS + 1 {
+            self.allocated += 1;
+            Vec::with_capacity(OFFLOAD_CHUNK)
+        } else {
+            self.pool.recv().map_err(|_| hasher_gone())?
+        };
+        let full = std::mem::replace(&mut self.chunk, next);
+        self.tx
+            .as_ref()
+            .ok_or_else(hasher_gone)?
+            .send(full)
+            .map_err(|_| hasher_gone())
+    }
+
+    fn hash(&mut self, mut buf: &[u8]) -> io::Result<()> {
+        self.count += buf.len() as u64;
+        while !buf.is_empty() {
+            let room = OFFLOAD_CHUNK - self.chunk.len();
+            let n = room.min(buf.len());
+            self.chunk.extend_from_slice(&buf[..n]);
+            buf = &buf[n..];
+            if self.chunk.len() == OFFLOAD_CHUNK {
+                self.ship()?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn finish(mut self) -> io::Result<(W, String, u64)> {
+        if !self.chunk.is_empty() {
+            let last = std::mem::take(&mut self.chunk);
+            self.tx
+                .as_ref()
+                .ok_or_else(hasher_gone)?
+                .send(last)
+                .map_err(|_| hasher_gone())?;
+        }
+        drop(self.tx.take());
+        let hasher = self
+            .handle
+            .take()
+            .ok_or_else(hasher_gone)?
+            .join()
+            .map_err(|_| hasher_gone())?;
+        Ok((self.inner, format_digest(hasher), self.count))
+    }
+}
+
+fn hasher_gone() -> io::Error {
+    io::Error::other("hashing thread stopped")
+}
+
+impl<W: Write> Write for OffloadHashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.inner.write_all(buf)?;
+        self.hash(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hashes and counts everything read through it.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    pub(crate) fn finish(self) -> (R, String, u64) {
+        (self.inner, format_digest(self.hasher), self.count)
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offloaded_hash_matches() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let (out, d, n) = std::thread::scope(|s| {
+            let mut w = OffloadHashingWriter::new(s, Vec::new());
+            for piece in data.chunks(777_777) {
+                w.write_all(piece).unwrap();
+            }
+            w.finish().unwrap()
+        });
+        assert_eq!(out, data);
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(d, sha256_digest(&data));
+    }
+
+    #[test]
+    fn known_digest() {
+        assert_eq!(
+            sha256_digest(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        let (v, d, n) = std::thread::scope(|s| {
+            let mut w = OffloadHashingWriter::new(s, Vec::new());
+            w.write_all(b"abc").unwrap();
+            w.finish().unwrap()
+        });
+        assert_eq!(v, b"abc");
+        assert_eq!(n, 3);
+        assert_eq!(d, sha256_digest(b"abc"));
+        assert!(digest_hex(&d).is_ok());
+        assert!(digest_hex("sha256:../../etc/passwd").is_err());
+        assert!(digest_hex("md5:abc").is_err());
+    }
+}

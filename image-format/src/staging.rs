@@ -1,0 +1,541 @@
+//! The staging directory a checkpoint is unpacked into: every write stays inside it
+//! (parents checked with `lstat`, files created with `O_EXCL`), directory modes and
+//! split-layout completeness are settled at commit, and it is renamed onto the
+//! destination only then; dropped uncommitted, it is removed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, warn};
+
+use crate::archive::{Archive, Entry, EntryKind};
+use crate::error::{Error, IoContext, Result};
+use crate::plan::parse_part_name;
+use crate::validate::{self, Limits};
+
+const COPY_BUF: usize = 1 << 20;
+
+/// One validated entry to write (data comes separately).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Item<'a> {
+    pub(crate) path: &'a str,
+    pub(crate) kind: &'a EntryKind,
+    pub(crate) mode: u32,
+    pub(crate) uid: u64,
+    pub(crate) gid: u64,
+    pub(crate) size: u64,
+}
+
+impl<'a> Item<'a> {
+    fn of(e: &'a Entry, size: u64) -> Self {
+        Item {
+            path: &e.path,
+            kind: &e.kind,
+            mode: e.mode,
+            uid: e.uid,
+            gid: e.gid,
+            size,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Non-directory paths written so far (across layers).
+    files: HashSet<String>,
+    /// Directory modes/owners, applied at commit (so read-only dirs can be filled).
+    dirs: BTreeMap<String, (u32, u64, u64)>,
+    /// Files of the split layout being assembled from parts.
+    splits: BTreeMap<String, Split>,
+    entries: usize,
+}
+
+/// A file arriving as byte ranges (split layout), written in place with `pwrite`.
+#[derive(Debug)]
+struct Split {
+    total: u64,
+    count: u32,
+    /// Part index → (offset, length).
+    seen: BTreeMap<u32, (u64, u64)>,
+    mode: u32,
+    uid: u64,
+    gid: u64,
+}
+
+/// Most parts one file may be cut into.
+const MAX_PARTS: u32 = 1 << 16;
+
+/// A temporary directory next to the destination; renamed onto it by [`Staging::commit`],
+/// removed when dropped uncommitted.
+#[derive(Debug)]
+pub struct Staging {
+    dest: PathBuf,
+    root: PathBuf,
+    pub(crate) limits: Limits,
+    preserve_ownership: bool,
+    state: Mutex<State>,
+    failed: AtomicBool,
+    chown_warned: AtomicBool,
+    committed: bool,
+}
+
+impl Staging {
+    /// Creates the staging directory beside `dest` (which must not exist yet; its parent
+    /// is created if needed).
+    pub fn new(dest: impl AsRef<Path>) -> Result<Staging> {
+        Self::with_limits(dest, &Limits::default())
+    }
+
+    /// Same, with explicit limits.
+    pub fn with_limits(dest: impl AsRef<Path>, limits: &Limits) -> Result<Staging> {
+        let dest = dest.as_ref().to_owned();
+        if fs::symlink_metadata(&dest).is_ok() {
+            return Err(Error::Staging {
+                path: dest,
+                reason: "destination already exists".into(),
+            });
+        }
+        let name = dest
+            .file_name()
+            .ok_or_else(|| Error::Staging {
+                path: dest.clone(),
+                reason: "destination has no file name".into(),
+            })?
+            .to_string_lossy()
+            .into_owned();
+        let parent = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        fs::create_dir_all(&parent).ctx(|| format!("create {}", parent.display()))?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let root = parent.join(format!(
+            ".{name}.ms2m-staging-{}-{nanos}",
+            std::process::id()
+        ));
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&root)
+            .ctx(|| format!("create staging dir {}", root.display()))?;
+        Ok(Staging {
+            dest,
+            root,
+            limits: limits.clone(),
+            preserve_ownership: true,
+            state: Mutex::new(State::default()),
+            failed: AtomicBool::new(false),
+            chown_warned: AtomicBool::new(false),
+            committed: false,
+        })
+    }
+
+    /// Whether to `lchown` entries to their recorded uid/gid (default: yes; ignored with
+    /// one warning where the process may not).
+    pub fn set_preserve_ownership(&mut self, preserve: bool) {
+        self.preserve_ownership = preserve;
+    }
+
+    /// The staging directory (contents are not final until commit).
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The final destination.
+    pub fn dest(&self) -> &Path {
+        &self.dest
+    }
+
+    /// Applies directory modes and renames the staging directory to the destination.
+    /// Refused if any layer failed.
+    pub fn commit(mut self) -> Result<PathBuf> {
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Staging {
+                path: self.dest.clone(),
+                reason: "a layer failed; refusing to commit".into(),
+            });
+        }
+        let (dirs, splits) = {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let dirs: Vec<(String, (u32, u64, u64))> =
+                st.dirs.iter().map(|(k, v)| (k.clone(), *v)).collect();
+            (dirs, std::mem::take(&mut st.splits))
+        };
+        for (path, split) in &splits {
+            let mut next = 0u64;
+            for (off, len) in split.seen.values() {
+                if *off != next {
+                    break;
+                }
+                next += len;
+            }
+            if split.seen.len() != split.count as usize || next != split.total {
+                return Err(Error::malformed(
+                    path,
+                    format!(
+                        "split file incomplete: {} of {} parts, {next} of {} bytes contiguous",
+                        split.seen.len(),
+                        split.count,
+                        split.total
+                    ),
+                ));
+            }
+            let full = self.root.join(path);
+            self.chown(&full, path, split.uid, split.gid)?;
+            fs::set_permissions(&full, fs::Permissions::from_mode(split.mode & 0o777))
+                .ctx(|| format!("chmod {}", full.display()))?;
+        }
+        // Deepest first, so restricting a parent never blocks its children.
+        for (path, (mode, uid, gid)) in dirs.iter().rev() {
+            let full = self.root.join(path);
+            self.chown(&full, path, *uid, *gid)?;
+            fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o777))
+                .ctx(|| format!("chmod {}", full.display()))?;
+        }
+        if fs::symlink_metadata(&self.dest).is_ok() {
+            return Err(Error::Staging {
+                path: self.dest.clone(),
+                reason: "destination appeared while unpacking".into(),
+            });
+        }
+        fs::rename(&self.root, &self.dest)
+            .ctx(|| format!("rename {} to {}", self.root.display(), self.dest.display()))?;
+        self.committed = true;
+        debug!(dest = %self.dest.display(), "staging committed");
+        Ok(self.dest.clone())
+    }
+
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+    }
+
+    fn chown(&self, full: &Path, entry: &str, uid: u64, gid: u64) -> Result<()> {
+        if !self.preserve_ownership {
+            return Ok(());
+        }
+        let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
+            return Err(Error::malformed(entry, "uid/gid out of range"));
+        };
+        match std::os::unix::fs::lchown(full, Some(uid), Some(gid)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                if !self.chown_warned.swap(true, Ordering::Relaxed) {
+                    warn!(error = %e, "cannot preserve ownership (not root?); keeping ours");
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::io(format!("chown {}", full.display()), e)),
+        }
+    }
+
+    /// Makes sure every ancestor of `path` is a real directory inside the staging root,
+    /// creating missing ones; never follows a symlink.
+    fn ensure_parents(&self, path: &str) -> Result<()> {
+        let mut idx = 0;
+        while let Some(off) = path[idx..].find('/') {
+            let parent = &path[..idx + off];
+            let full = self.root.join(parent);
+            match fs::symlink_metadata(&full) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => {
+                    return Err(Error::hostile(
+                        path,
+                        format!("parent `{parent}` is not a directory"),
+                    ));
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    match fs::DirBuilder::new().mode(0o755).create(&full) {
+                        Ok(()) => {}
+                        // Another layer's thread made it; re-check its type.
+                        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                            let m = fs::symlink_metadata(&full)
+                                .ctx(|| format!("stat {}", full.display()))?;
+                            if !m.file_type().is_dir() {
+                                return Err(Error::hostile(
+                                    path,
+                                    format!("parent `{parent}` is not a directory"),
+                                ));
+                            }
+                        }
+                        Err(e) => return Err(Error::io(format!("mkdir {}", full.display()), e)),
+                    }
+                }
+                Err(e) => return Err(Error::io(format!("stat {}", full.display()), e)),
+            }
+            idx += off + 1;
+        }
+        Ok(())
+    }
+
+    /// Writes one validated entry. `data` yields exactly `size` bytes for files.
+    pub(crate) fn write(&self, item: Item<'_>, data: &mut dyn Read, buf: &mut [u8]) -> Result<()> {
+        let Item {
+            path,
+            kind,
+            mode,
+            uid,
+            gid,
+            size,
+        } = item;
+        if self.failed.load(Ordering::SeqCst) {
+            return Err(Error::Staging {
+                path: self.dest.clone(),
+                reason: "an earlier layer failed".into(),
+            });
+        }
+        if *kind == EntryKind::File
+            && let Some((base, index, count, offset, total)) = parse_part_name(path)
+        {
+            return self.write_part(item, base, (index, count, offset, total), data, buf);
+        }
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.entries += 1;
+            if st.entries > self.limits.max_entries {
+                return Err(Error::limit(
+                    path,
+                    format!("more than {} entries", self.limits.max_entries),
+                ));
+            }
+            match kind {
+                EntryKind::Dir => {
+                    if st.files.contains(path) {
+                        return Err(Error::hostile(path, "directory over an existing file"));
+                    }
+                    st.dirs.entry(path.to_owned()).or_insert((mode, uid, gid));
+                }
+                _ => {
+                    if st.dirs.contains_key(path) || !st.files.insert(path.to_owned()) {
+                        return Err(Error::hostile(path, "duplicate entry"));
+                    }
+                }
+            }
+        }
+        self.ensure_parents(path)?;
+        let full = self.root.join(path);
+        match kind {
+            EntryKind::Dir => match fs::symlink_metadata(&full) {
+                Ok(m) if m.file_type().is_dir() => {}
+                Ok(_) => return Err(Error::hostile(path, "directory over an existing file")),
+                Err(_) => match fs::DirBuilder::new().mode(0o755).create(&full) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                        let m = fs::symlink_metadata(&full)
+                            .ctx(|| format!("stat {}", full.display()))?;
+                        if !m.file_type().is_dir() {
+                            return Err(Error::hostile(path, "directory over an existing file"));
+                        }
+                    }
+                    Err(e) => return Err(Error::io(format!("mkdir {}", full.display()), e)),
+                },
+            },
+            EntryKind::File => {
+                let content_check = path == "deleted.files";
+                if content_check && size > self.limits.max_metadata_file {
+                    return Err(Error::limit(path, format!("{size} bytes")));
+                }
+                // O_CREAT|O_EXCL: never overwrites, never follows a symlink.
+                let mut file = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&full)
+                    .ctx(|| format!("create {}", full.display()))?;
+                if content_check {
+                    let mut content = Vec::with_capacity(size as usize);
+                    data.take(size)
+                        .read_to_end(&mut content)
+                        .ctx(|| format!("read `{path}`"))?;
+                    validate::check_deleted_files(path, &content)?;
+                    file.write_all(&content)
+                        .ctx(|| format!("write {}", full.display()))?;
+                } else {
+                    copy_exact(data, &mut file, size, buf)
+                        .ctx(|| format!("write {}", full.display()))?;
+                }
+                self.chown(&full, path, uid, gid)?;
+                // Set-uid/set-gid/sticky dropped: nothing in a checkpoint needs them and
+                // a staging dir must not grow privileged binaries.
+                file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
+                    .ctx(|| format!("chmod {}", full.display()))?;
+            }
+            EntryKind::Symlink { target } => {
+                std::os::unix::fs::symlink(target, &full)
+                    .ctx(|| format!("symlink {}", full.display()))?;
+                self.chown(&full, path, uid, gid)?;
+            }
+            EntryKind::Hardlink { target } => {
+                let src = self.root.join(target);
+                let m = fs::symlink_metadata(&src).map_err(|_| {
+                    Error::hostile(path, format!("hard link target `{target}` does not exist"))
+                })?;
+                if !m.file_type().is_file() {
+                    return Err(Error::hostile(
+                        path,
+                        format!("hard link target `{target}` is not a regular file"),
+                    ));
+                }
+                fs::hard_link(&src, &full).ctx(|| format!("link {}", full.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One byte range of a split-layout file: registered under the lock (the first part
+    /// creates the file at its full size), then written in place with `pwrite`, so parts
+    /// from different layers land concurrently. Completeness is checked at commit.
+    fn write_part(
+        &self,
+        item: Item<'_>,
+        base: &str,
+        (index, count, offset, total): (u32, u32, u64, u64),
+        data: &mut dyn Read,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let path = item.path;
+        let length = item.size;
+        if count == 0 || count > MAX_PARTS || index >= count {
+            return Err(Error::hostile(path, "bad part numbering"));
+        }
+        if offset.checked_add(length).is_none_or(|end| end > total) {
+            return Err(Error::hostile(path, "part beyond the end of its file"));
+        }
+        let full = self.root.join(base);
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.entries += 1;
+            if st.entries > self.limits.max_entries {
+                return Err(Error::limit(
+                    path,
+                    format!("more than {} entries", self.limits.max_entries),
+                ));
+            }
+            if st.dirs.contains_key(base) {
+                return Err(Error::hostile(path, "part of a path that is a directory"));
+            }
+            match st.splits.get_mut(base) {
+                Some(sp) => {
+                    if sp.total != total || sp.count != count {
+                        return Err(Error::hostile(path, "parts disagree on the file's size"));
+                    }
+                    if sp.seen.insert(index, (offset, length)).is_some() {
+                        return Err(Error::hostile(path, "duplicate part"));
+                    }
+                }
+                None => {
+                    if !st.files.insert(base.to_owned()) {
+                        return Err(Error::hostile(path, "part of a file that is also an entry"));
+                    }
+                    self.ensure_parents(base)?;
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&full)
+                        .ctx(|| format!("create {}", full.display()))?;
+                    f.set_len(total)
+                        .ctx(|| format!("size {}", full.display()))?;
+                    st.splits.insert(
+                        base.to_owned(),
+                        Split {
+                            total,
+                            count,
+                            seen: [(index, (offset, length))].into_iter().collect(),
+                            mode: item.mode,
+                            uid: item.uid,
+                            gid: item.gid,
+                        },
+                    );
+                }
+            }
+        }
+        // Registered above as a split target, so nothing else (no symlink) can be at
+        // this path: opening without O_CREAT only ever finds the file we created.
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&full)
+            .ctx(|| format!("open {}", full.display()))?;
+        let mut at = offset;
+        let mut left = length;
+        while left > 0 {
+            let want = (buf.len() as u64).min(left) as usize;
+            let n = match data.read(&mut buf[..want]) {
+                Ok(0) => {
+                    return Err(Error::io(
+                        format!("read `{path}`"),
+                        io::Error::new(io::ErrorKind::UnexpectedEof, "layer ended inside a part"),
+                    ));
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(format!("read `{path}`"), e)),
+            };
+            file.write_all_at(&buf[..n], at)
+                .ctx(|| format!("write {}", full.display()))?;
+            at += n as u64;
+            left -= n as u64;
+        }
+        Ok(())
+    }
+
+    /// Used by [`Archive::extract`].
+    pub(crate) fn write_archive_entry(&self, archive: &Archive, entry: &Entry) -> Result<()> {
+        let mut buf = vec![0u8; if entry.size > 0 { COPY_BUF } else { 0 }];
+        let r = if entry.is_file() {
+            let mut reader = archive.open_entry(entry)?;
+            self.write(Item::of(entry, entry.size), &mut reader, &mut buf)
+        } else {
+            self.write(Item::of(entry, 0), &mut io::empty(), &mut buf)
+        };
+        if r.is_err() {
+            self.fail();
+        }
+        r
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Err(e) = fs::remove_dir_all(&self.root)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            warn!(path = %self.root.display(), error = %e, "cannot remove staging dir");
+        }
+    }
+}
+
+fn copy_exact(
+    src: &mut dyn Read,
+    dst: &mut dyn Write,
+    size: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
+    let mut left = size;
+    while left > 0 {
+        let want = (buf.len() as u64).min(left) as usize;
+        let n = match src.read(&mut buf[..want]) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "layer ended inside a file",
+                ));
+            }
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        dst.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}

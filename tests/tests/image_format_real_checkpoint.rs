@@ -1,0 +1,142 @@
+//! A real checkpoint through the image format: a counting busybox container is
+//! checkpointed with runc + CRIU 4.2, its images (in the CRI-O archive layout) are
+//! encoded into a multi-layer OCI checkpoint image and decoded again, and the container
+//! is restored from the *decoded* copy under a new id. It must carry on counting from
+//! where it was checkpointed.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ms2m_image_format::{Archive, Compression, EncodeOptions, read_oci_layout, write_oci_layout};
+use ms2m_tests::bundle::Bundle;
+use ms2m_tests::container::Container;
+use ms2m_tests::env::{criu, unique};
+use ms2m_tests::netns::Netns;
+use ms2m_tests::process::run;
+
+const COUNTER: &[&str] = &[
+    "sh",
+    "-c",
+    "i=0; while true; do i=$((i+1)); echo $i >> /log; sleep 0.02; done",
+];
+
+fn count_lines(rootfs: &Path) -> Vec<u64> {
+    fs::read_to_string(rootfs.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn wait_for_lines(rootfs: &Path, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = count_lines(rootfs);
+        if l.len() >= n {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counter reached only {} lines",
+            l.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn round_trip(compression: Compression, layers: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Netns::new(&unique("ms2mif"));
+    let bundle = Bundle::busybox(&tmp.path().join("bundle"), COUNTER);
+    bundle.use_netns(&ns.path());
+    let id = unique("ms2m-if-");
+    let source = Container::run(&bundle, &id);
+    wait_for_lines(&bundle.rootfs(), 20);
+
+    // The archive in the layout CRI-O writes: CRIU images under checkpoint/, the
+    // runtime spec and the container config beside them.
+    let archive_dir = tmp.path().join("archive");
+    let images = archive_dir.join("checkpoint");
+    run(Command::new("runc")
+        .arg("--criu")
+        .arg(criu())
+        .args(["checkpoint", "--image-path"])
+        .arg(&images)
+        .arg("--work-path")
+        .arg(tmp.path().join("work"))
+        .arg(&id));
+    drop(source);
+    let at_checkpoint = count_lines(&bundle.rootfs()).len();
+    fs::copy(
+        bundle.dir().join("config.json"),
+        archive_dir.join("spec.dump"),
+    )
+    .unwrap();
+    fs::write(
+        archive_dir.join("config.dump"),
+        serde_json::to_vec(&serde_json::json!({
+            "id": id, "name": "counter", "rootfsImageName": "docker.io/library/busybox:latest",
+            "runtime": "runc", "createdTime": "2026-11-28T00:00:00Z",
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+
+    let archive = Archive::open(&archive_dir).expect("open the real checkpoint");
+    let meta = archive.metadata();
+    assert_eq!(meta.container_name.as_deref(), Some("counter"));
+    assert!(meta.memory_size > 0, "page images must be found: {meta:?}");
+
+    let layout = tmp.path().join("layout");
+    let opts = EncodeOptions {
+        layers,
+        compression,
+        ..EncodeOptions::default()
+    };
+    let image = write_oci_layout(&archive, &layout, &opts).expect("encode");
+    assert_eq!(image.layers.len(), layers, "one layer per requested shard");
+
+    let decoded = tmp.path().join("decoded");
+    read_oci_layout(&layout, &decoded).expect("decode");
+    // Same bytes as the images CRIU wrote, file by file.
+    for entry in fs::read_dir(&images).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        assert_eq!(
+            fs::read(entry.path()).unwrap(),
+            fs::read(decoded.join("checkpoint").join(&name)).unwrap(),
+            "{name:?} differs after the round trip"
+        );
+    }
+
+    let restored_id = unique("ms2m-if-r-");
+    let restored = Container::restore(
+        &bundle,
+        &restored_id,
+        &decoded.join("checkpoint"),
+        &tmp.path().join("work-restore"),
+        &[],
+    );
+    assert_eq!(
+        restored.status().as_deref(),
+        Some("running"),
+        "{}",
+        restored.output()
+    );
+    let after = wait_for_lines(&bundle.rootfs(), at_checkpoint + 20);
+    for (k, v) in after.iter().enumerate() {
+        assert_eq!(*v, k as u64 + 1, "count restarted or skipped at line {k}");
+    }
+}
+
+#[test]
+fn restore_from_decoded_zstd_image_continues_the_count() {
+    round_trip(Compression::default(), 3);
+}
+
+#[test]
+fn restore_from_decoded_gzip_single_layer_image_continues_the_count() {
+    round_trip(Compression::Gzip { level: 1 }, 1);
+}

@@ -1,0 +1,149 @@
+//! The split layout on a real checkpoint: a busybox container holding a few MB of heap
+//! is checkpointed with runc + CRIU 4.2, encoded with its page image cut across three
+//! layers, decoded (parts written in place at their offsets), and restored under a new
+//! id from the decoded copy: it keeps counting, and its heap survived.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ms2m_image_format::{
+    Archive, EncodeOptions, annotations, plan_split_layers, read_oci_layout, write_oci_layout,
+};
+use ms2m_tests::bundle::Bundle;
+use ms2m_tests::container::Container;
+use ms2m_tests::env::{criu, require_root, unique};
+use ms2m_tests::netns::Netns;
+use ms2m_tests::process::run;
+
+/// `x` keeps ~2 MB in the shell's heap, so the page image dominates the checkpoint; each
+/// line also records the heap's length, which a damaged restore would change.
+const COUNTER: &[&str] = &[
+    "sh",
+    "-c",
+    "x=$(seq 1 300000); i=0; while true; do i=$((i+1)); echo $i ${#x} >> /log; sleep 0.02; done",
+];
+
+fn lines(rootfs: &Path) -> Vec<(u64, u64)> {
+    fs::read_to_string(rootfs.join("log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.trim().split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+fn wait_for(rootfs: &Path, n: usize) -> Vec<(u64, u64)> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let l = lines(rootfs);
+        if l.len() >= n {
+            return l;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counter reached only {} lines",
+            l.len()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn restore_from_a_decoded_split_image_continues_the_count() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let ns = Netns::new(&unique("ms2msp"));
+    let bundle = Bundle::busybox(&tmp.path().join("bundle"), COUNTER);
+    bundle.use_netns(&ns.path());
+    let id = unique("ms2m-sp-");
+    let source = Container::run(&bundle, &id);
+    let before = wait_for(&bundle.rootfs(), 10);
+    let heap = before[0].1;
+    assert!(heap > 1_000_000, "heap string too small: {heap}");
+
+    let archive_dir = tmp.path().join("archive");
+    let images = archive_dir.join("checkpoint");
+    run(Command::new("runc")
+        .arg("--criu")
+        .arg(criu())
+        .args(["checkpoint", "--image-path"])
+        .arg(&images)
+        .arg("--work-path")
+        .arg(tmp.path().join("work"))
+        .arg(&id));
+    drop(source);
+    let at_checkpoint = lines(&bundle.rootfs()).len();
+    fs::copy(
+        bundle.dir().join("config.json"),
+        archive_dir.join("spec.dump"),
+    )
+    .unwrap();
+    fs::write(
+        archive_dir.join("config.dump"),
+        br#"{"name":"counter","runtime":"runc"}"#,
+    )
+    .unwrap();
+
+    let archive = Archive::open(&archive_dir).expect("open the real checkpoint");
+    let plans = plan_split_layers(&archive, 3);
+    let parts: Vec<_> = plans.iter().flat_map(|p| &p.parts).collect();
+    assert_eq!(
+        parts.len(),
+        3,
+        "the page image should be cut in three: {plans:?}"
+    );
+    let split_file = &archive.entries()[parts[0].entry].path;
+    assert!(
+        split_file.starts_with("checkpoint/pages-"),
+        "split {split_file}"
+    );
+
+    let layout = tmp.path().join("layout");
+    let image = write_oci_layout(
+        &archive,
+        &layout,
+        &EncodeOptions {
+            layers: 3,
+            split: true,
+            ..EncodeOptions::default()
+        },
+    )
+    .expect("encode");
+    let manifest: serde_json::Value = serde_json::from_slice(&image.manifest.bytes).unwrap();
+    assert_eq!(manifest["annotations"][annotations::MS2M_SPLIT], "v1");
+
+    let decoded = tmp.path().join("decoded");
+    read_oci_layout(&layout, &decoded).expect("decode");
+    for entry in fs::read_dir(&images).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        assert_eq!(
+            fs::read(entry.path()).unwrap(),
+            fs::read(decoded.join("checkpoint").join(&name)).unwrap(),
+            "{name:?} differs after the split round trip"
+        );
+    }
+
+    let restored = Container::restore(
+        &bundle,
+        &unique("ms2m-sp-r-"),
+        &decoded.join("checkpoint"),
+        &tmp.path().join("work-restore"),
+        &[],
+    );
+    assert_eq!(
+        restored.status().as_deref(),
+        Some("running"),
+        "{}",
+        restored.output()
+    );
+    let after = wait_for(&bundle.rootfs(), at_checkpoint + 20);
+    for (k, (n, len)) in after.iter().enumerate() {
+        assert_eq!(*n, k as u64 + 1, "count restarted or skipped at line {k}");
+        assert_eq!(*len, heap, "heap changed at line {k}");
+    }
+}
