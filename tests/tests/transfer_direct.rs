@@ -1,0 +1,188 @@
+//! Direct mode, agent to agent over real HTTP: the sender's encoder streams into the
+//! receiver, which verifies and commits the archive; a stream that is cut short or
+//! whose digests do not match leaves nothing behind.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::routing::{get, put};
+use ms2m_agent::transfer::Progress;
+use ms2m_agent::transfer::direct::{CONTENT_TYPE, DirectOptions, check_destination, receive, send};
+use ms2m_agent::transfer::push::open_archive;
+use ms2m_tests::transfer::{dir_names, synthetic_checkpoint, tree_listing};
+
+const TOKEN: &str = "direct-test-token";
+
+/// The receive route as the daemon mounts it: bearer token, then `receive`.
+async fn serve(dir: PathBuf) -> String {
+    async fn handler(
+        State(dir): State<PathBuf>,
+        Path(id): Path<String>,
+        req: Request,
+    ) -> (StatusCode, String) {
+        let ok = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {TOKEN}"));
+        if !ok {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong token".into());
+        }
+        let (parts, body) = req.into_parts();
+        match receive(&dir.join(id), &parts.headers, body).await {
+            Ok(r) => (StatusCode::OK, serde_json::to_string(&r).unwrap()),
+            Err(e) => (StatusCode::UNPROCESSABLE_ENTITY, format!("{e:#}")),
+        }
+    }
+    async fn preflight(
+        State(dir): State<PathBuf>,
+        Path(id): Path<String>,
+        headers: axum::http::HeaderMap,
+    ) -> (StatusCode, String) {
+        let ok = headers.get("authorization").and_then(|v| v.to_str().ok())
+            == Some(&format!("Bearer {TOKEN}"));
+        if !ok {
+            return (StatusCode::UNAUTHORIZED, "missing or wrong token".into());
+        }
+        match check_destination(&dir.join(id)) {
+            Ok(()) => (StatusCode::OK, "{}".into()),
+            Err(e) => (StatusCode::CONFLICT, e.to_string()),
+        }
+    }
+    let app = axum::Router::new()
+        .route(
+            "/v1/direct/receive/{id}",
+            put(handler).merge(get(preflight)),
+        )
+        .with_state(dir);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_send_delivers_the_identical_archive() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "direct", 24 * 1024 * 1024 + 5);
+    let target_dir = work.path().join("target-node");
+    std::fs::create_dir(&target_dir).unwrap();
+    let url = serve(target_dir.clone()).await;
+
+    let archive = open_archive(&src).await.unwrap();
+    let opts = DirectOptions {
+        token: Some(TOKEN.into()),
+        ..DirectOptions::default()
+    };
+    let progress = Progress::new();
+    let r = send(archive, &url, "direct-ckpt-1", &opts, &progress)
+        .await
+        .unwrap();
+    assert_eq!(r.received.path, target_dir.join("direct-ckpt-1"));
+    assert_eq!(r.received.bytes_received, r.bytes_sent);
+    assert_eq!(progress.snapshot().wire_bytes, r.bytes_sent);
+    assert_eq!(tree_listing(&src), tree_listing(&r.received.path));
+    // Spool files are gone.
+    assert_eq!(dir_names(&target_dir), vec!["direct-ckpt-1".to_string()]);
+
+    // Without the token the target refuses, and nothing is created.
+    let archive = open_archive(&src).await.unwrap();
+    let err = send(
+        archive,
+        &url,
+        "direct-ckpt-2",
+        &DirectOptions::default(),
+        &Progress::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    assert_eq!(dir_names(&target_dir), vec!["direct-ckpt-1".to_string()]);
+
+    // An id that exists is refused before anything is encoded.
+    let archive = open_archive(&src).await.unwrap();
+    let err = send(archive, &url, "direct-ckpt-1", &opts, &Progress::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+}
+
+fn frame(kind: u8, layer: u16, payload: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&layer.to_be_bytes());
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A hand-made request: what a broken or lying sender would send.
+fn raw_put(base: &str, id: &str, body: &[u8]) -> (u16, String) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "PUT /v1/direct/receive/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    s.write_all(body).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_or_truncated_stream_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let target_dir = work.path().join("target-node");
+    std::fs::create_dir(&target_dir).unwrap();
+    let url = serve(target_dir.clone()).await;
+
+    // An empty tar (two zero blocks) as an uncompressed layer, announced with a digest
+    // that is not its own.
+    let tar = vec![0u8; 1024];
+    let desc = serde_json::json!({
+        "media_type": "application/vnd.oci.image.layer.v1.tar",
+        "digest": format!("sha256:{}", "ab".repeat(32)),
+        "size": tar.len(),
+        "diff_id": format!("sha256:{}", "ab".repeat(32)),
+        "uncompressed_size": tar.len(),
+        "annotations": {},
+    });
+    let mut body = frame(1, 0, &tar);
+    body.extend(frame(2, 0, desc.to_string().as_bytes()));
+    body.extend(frame(3, 0, br#"{"layers":1}"#));
+    let u = url.clone();
+    let (status, msg) = tokio::task::spawn_blocking(move || raw_put(&u, "lying", &body))
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{msg}");
+    assert!(msg.contains("digest mismatch"), "{msg}");
+    assert!(
+        dir_names(&target_dir).is_empty(),
+        "left {:?}",
+        dir_names(&target_dir)
+    );
+
+    // Cut short: no END, no DONE.
+    let body = frame(1, 0, &[0u8; 512]);
+    let u = url.clone();
+    let (status, msg) = tokio::task::spawn_blocking(move || raw_put(&u, "cut", &body))
+        .await
+        .unwrap();
+    assert_eq!(status, 422, "{msg}");
+    assert!(msg.contains("without DONE"), "{msg}");
+    assert!(
+        dir_names(&target_dir).is_empty(),
+        "left {:?}",
+        dir_names(&target_dir)
+    );
+}

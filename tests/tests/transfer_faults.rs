@@ -1,0 +1,207 @@
+//! Faults on real registries: a registry killed in the middle of a push (restarted in
+//! time → complete correct image; not in time → clean error and no tag), and a blob
+//! corrupted on its way to a pull (→ digest error, nothing unpacked).
+
+use std::time::Duration;
+
+use ms2m_agent::registry::{ClientOptions, Reference};
+use ms2m_agent::transfer::pull::{PullOptions, pull};
+use ms2m_agent::transfer::push::{PushOptions, push};
+use ms2m_agent::transfer::{Progress, Snapshot};
+use ms2m_tests::env;
+use ms2m_tests::transfer::{
+    Fault, FaultyProxy, PrivateRegistry, dir_names, synthetic_checkpoint, tree_listing,
+};
+
+/// Waits until the push has moved `bytes` on the wire (or finished).
+async fn wait_for_wire(progress: &Progress, bytes: u64) -> Snapshot {
+    loop {
+        let s = progress.snapshot();
+        if s.wire_bytes >= bytes || s.finished {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn opts(attempts: u32) -> PushOptions {
+    PushOptions {
+        client: ClientOptions {
+            attempts,
+            backoff: Duration::from_millis(300),
+            ..ClientOptions::default()
+        },
+        ..PushOptions::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_killed_mid_push_and_restarted_gives_a_complete_correct_image() {
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "killed", 192 * 1024 * 1024);
+    let mut reg = PrivateRegistry::start("", None);
+    let image = Reference::parse(&format!("{}/ms2m/killed:v1", reg.addr)).unwrap();
+
+    let progress = Progress::new();
+    let push_opts = opts(10);
+    let pushing = {
+        let (src, image, progress) = (src.clone(), image.clone(), progress.clone());
+        tokio::spawn(async move { push(&src, &image, &push_opts, &progress).await })
+    };
+    let s = wait_for_wire(&progress, 16 * 1024 * 1024).await;
+    assert!(
+        !s.finished,
+        "push finished before the registry could be killed"
+    );
+    reg.kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reg.restart();
+
+    let pushed = pushing
+        .await
+        .unwrap()
+        .expect("push must survive a registry restart");
+    let snap = progress.snapshot();
+    assert!(
+        snap.layers.iter().any(|l| l.attempts > 1),
+        "no layer was retried: {snap:?}"
+    );
+    assert_eq!(reg.tags("ms2m/killed"), vec!["v1".to_string()]);
+    let dest = work.path().join("pulled");
+    let pulled = pull(&image, &dest, &PullOptions::default(), &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(pulled.digest, pushed.digest);
+    assert_eq!(tree_listing(&src), tree_listing(&dest));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_down_for_good_gives_a_clean_error_and_no_tag() {
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "down", 128 * 1024 * 1024);
+    let mut reg = PrivateRegistry::start("", None);
+    let image = Reference::parse(&format!("{}/ms2m/down:v1", reg.addr)).unwrap();
+
+    let progress = Progress::new();
+    let push_opts = opts(2);
+    let pushing = {
+        let (src, image, progress) = (src.clone(), image.clone(), progress.clone());
+        tokio::spawn(async move { push(&src, &image, &push_opts, &progress).await })
+    };
+    let s = wait_for_wire(&progress, 8 * 1024 * 1024).await;
+    assert!(
+        !s.finished,
+        "push finished before the registry could be killed"
+    );
+    reg.kill();
+    let err = pushing
+        .await
+        .unwrap()
+        .expect_err("push to a dead registry must fail");
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("upload failed after 2 attempt(s)") || msg.contains("127.0.0.1"),
+        "{msg}"
+    );
+
+    reg.restart();
+    assert!(reg.tags("ms2m/down").is_empty(), "a failed push left a tag");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_blob_fails_the_pull_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "corrupt", 4 * 1024 * 1024);
+    let image = Reference::parse(&format!(
+        "{}/ms2m-test/corrupt:{}",
+        env::registry(),
+        env::unique("c")
+    ))
+    .unwrap();
+    let pushed = push(&src, &image, &PushOptions::default(), &Progress::new())
+        .await
+        .unwrap();
+    let victim = pushed
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .unwrap()
+        .digest
+        .clone();
+
+    let proxy = FaultyProxy::start(&env::registry(), &victim, Fault::FlipByte);
+    let via_proxy = Reference::parse(&format!(
+        "{}/{}:{}",
+        proxy.addr,
+        image.repository,
+        image.tag.as_deref().unwrap()
+    ))
+    .unwrap();
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let dest = out.join("pulled");
+    let err = pull(&via_proxy, &dest, &PullOptions::default(), &Progress::new())
+        .await
+        .expect_err("a corrupted layer must fail the pull");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("digest mismatch"), "{msg}");
+    assert!(msg.contains(&victim), "{msg}");
+    assert!(proxy.injected.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(!dest.exists(), "a failed pull created its destination");
+    assert!(
+        dir_names(&out).is_empty(),
+        "a failed pull left {:?}",
+        dir_names(&out)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_download_resumes_with_a_range_request() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "resumed", 8 * 1024 * 1024);
+    let image = Reference::parse(&format!(
+        "{}/ms2m-test/resumed:{}",
+        env::registry(),
+        env::unique("r")
+    ))
+    .unwrap();
+    let pushed = push(&src, &image, &PushOptions::default(), &Progress::new())
+        .await
+        .unwrap();
+    let victim = pushed
+        .layers
+        .iter()
+        .max_by_key(|l| l.size)
+        .unwrap()
+        .digest
+        .clone();
+    let proxy = FaultyProxy::start(&env::registry(), &victim, Fault::CutOnce);
+    let via_proxy = Reference::parse(&format!(
+        "{}/{}:{}",
+        proxy.addr,
+        image.repository,
+        image.tag.as_deref().unwrap()
+    ))
+    .unwrap();
+    let dest = work.path().join("pulled");
+    let progress = Progress::new();
+    let pulled = pull(&via_proxy, &dest, &PullOptions::default(), &progress)
+        .await
+        .expect("a dropped download must resume");
+    assert_eq!(pulled.digest, pushed.digest);
+    assert_eq!(tree_listing(&src), tree_listing(&dest));
+    assert_eq!(proxy.injected.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        proxy.ranged.load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "the resumed download must ask for the rest only"
+    );
+    // Each compressed byte crossed the wire once: the resume did not start over.
+    let snap = progress.snapshot();
+    let total: u64 = pushed.layers.iter().map(|l| l.size).sum();
+    assert_eq!(snap.wire_bytes, total);
+}
