@@ -1,6 +1,46 @@
 //! `ms2m-agent` command line. Each subcommand lives in `cmd/<name>.rs` with its clap
 //! `Args` and an async `run`.
 
+mod cmd;
+
+use clap::Parser;
+use cmd::{Cli, Command, LogFormat};
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MS2M_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
 fn main() -> anyhow::Result<()> {
-    Ok(())
+    // Before anything that may open a TLS connection (oci-client/reqwest panic otherwise).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    // Socket activation: take systemd's fds while this is the only thread.
+    let inherited = match &cli.command {
+        Command::Serve(_) => ms2m_agent::listeners::from_systemd()?,
+        _ => Default::default(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(a) => cmd::serve::run(a, inherited).await,
+            Command::CriuCheck(a) => cmd::criu_check::run(a).await,
+            Command::Inspect(a) => cmd::inspect::run(a).await,
+            Command::Checkpoint(a) => cmd::checkpoint::run(a).await,
+            Command::Restore(a) => cmd::restore::run(a).await,
+            Command::Push(a) => cmd::push::run(a).await,
+            Command::Pull(a) => cmd::pull::run(a).await,
+            Command::Bench(a) => cmd::bench::run(a).await,
+        }
+    })
 }

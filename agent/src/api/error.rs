@@ -1,0 +1,147 @@
+//! The API's error answer: `{"error": {"code": "...", "message": "..."}}` with a 4xx/5xx
+//! status, and the JSON body extractor that turns every body problem into one.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonSyntaxError(e) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!(
+                    "the body is not valid JSON: {}",
+                    std::error::Error::source(&e)
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|| e.body_text())
+                ),
+            ),
+            JsonRejection::JsonDataError(e) => ApiError::invalid(
+                std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.body_text()),
+            ),
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("the body is larger than {} bytes", super::MAX_BODY),
+                )
+            }
+            other => ApiError::new(other.status(), "invalid_request", other.body_text()),
+        }
+    }
+}
+
+impl From<crate::checkpoint::StoreError> for ApiError {
+    fn from(e: crate::checkpoint::StoreError) -> Self {
+        use crate::checkpoint::StoreError as S;
+        match &e {
+            S::InvalidId(_) => ApiError::invalid(e.to_string()),
+            S::NotFound(_) => ApiError::not_found(e.to_string()),
+            S::Exists(_) | S::InUse(_) => ApiError::conflict(e.to_string()),
+            S::Io(..) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::jobs::JobsError> for ApiError {
+    fn from(e: crate::jobs::JobsError) -> Self {
+        use crate::jobs::JobsError as J;
+        match &e {
+            J::NotFound(_) => ApiError::not_found(e.to_string()),
+            J::Finished(_) => ApiError::conflict(format!(
+                "{e}: add `?purge=true` to forget it and delete its files"
+            )),
+            J::ShuttingDown => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                e.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<crate::restore::RestoreError> for ApiError {
+    fn from(e: crate::restore::RestoreError) -> Self {
+        use crate::restore::RestoreError as R;
+        match &e {
+            R::PathNotAllowed(..) => {
+                ApiError::new(StatusCode::FORBIDDEN, "path_not_allowed", e.to_string())
+            }
+            R::NoRootfs | R::Invalid(_) => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::runc::RuncError> for ApiError {
+    fn from(e: crate::runc::RuncError) -> Self {
+        match &e {
+            crate::runc::RuncError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "container_not_found", e.to_string())
+            }
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+/// `Json<T>` whose rejections are [`ApiError`]s.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::Json(v) = axum::Json::<T>::from_request(req, state).await?;
+        Ok(ApiJson(v))
+    }
+}

@@ -1,0 +1,230 @@
+//! `/v1/checkpoints`.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use crate::api::error::ApiJson;
+use crate::api::{ApiError, AppState};
+use crate::checkpoint::kubelet::KubeletBackend;
+use crate::checkpoint::runc::RuncBackend;
+use crate::checkpoint::{self, validate_id};
+use crate::jobs::JobKind;
+use crate::runc::NetworkLock;
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CheckpointRequest {
+    Runc {
+        container_id: String,
+        #[serde(default = "default_true")]
+        leave_running: bool,
+        #[serde(default)]
+        tcp_established: bool,
+        /// Default: `true` for a stop-and-copy checkpoint without `tcp_established`.
+        #[serde(default)]
+        tcp_close: Option<bool>,
+        /// Default: `skip` when connections are closed and the container stops, else
+        /// CRIU's (iptables).
+        #[serde(default)]
+        network_lock: Option<NetworkLock>,
+        checkpoint_id: Option<String>,
+        rootfs_image: Option<PathBuf>,
+    },
+    Kubelet {
+        namespace: String,
+        pod: String,
+        container: String,
+        timeout_seconds: Option<u64>,
+        checkpoint_id: Option<String>,
+    },
+}
+
+fn millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+fn k8s_name(what: &str, v: &str) -> Result<(), ApiError> {
+    let ok = !v.is_empty()
+        && v.len() <= 253
+        && v.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "{what} {v:?} is not a Kubernetes name"
+        )))
+    }
+}
+
+pub async fn create(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<CheckpointRequest>,
+) -> Result<Response, ApiError> {
+    match req {
+        CheckpointRequest::Runc {
+            container_id,
+            leave_running,
+            tcp_established,
+            tcp_close,
+            network_lock,
+            checkpoint_id,
+            rootfs_image,
+        } => {
+            let tcp_close = tcp_close.unwrap_or(!leave_running && !tcp_established);
+            if tcp_close && tcp_established {
+                return Err(ApiError::invalid(
+                    "tcp_close and tcp_established exclude each other",
+                ));
+            }
+            let network_lock =
+                network_lock.or((tcp_close && !leave_running).then_some(NetworkLock::Skip));
+            validate_id(&container_id)
+                .map_err(|_| ApiError::invalid(format!("invalid container_id {container_id:?}")))?;
+            if s.runc.state(&container_id).await?.is_none() {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "container_not_found",
+                    format!("runc has no container {container_id}"),
+                ));
+            }
+            if let Some(img) = &rootfs_image {
+                crate::restore::resolve_rootfs(
+                    Some(img),
+                    std::path::Path::new("/nonexistent"),
+                    &s.config.allowed_rootfs_dirs,
+                )?;
+            }
+            let id = checkpoint_id.unwrap_or_else(|| format!("{container_id}-{}", millis()));
+            s.store.ensure_new(&id)?;
+            let backend = RuncBackend {
+                runc: s.runc.clone(),
+                criu: s.config.criu_path.clone(),
+                container_id,
+                leave_running,
+                tcp_established,
+                tcp_close,
+                network_lock,
+                rootfs_image,
+            };
+            let store = s.store.clone();
+            let job = s.jobs.spawn(JobKind::Checkpoint, "preparing", move |ctx| {
+                checkpoint::run_job(backend, store, id, ctx)
+            })?;
+            Ok(super::accepted(job))
+        }
+        CheckpointRequest::Kubelet {
+            namespace,
+            pod,
+            container,
+            timeout_seconds,
+            checkpoint_id,
+        } => {
+            k8s_name("namespace", &namespace)?;
+            k8s_name("pod", &pod)?;
+            k8s_name("container", &container)?;
+            let id = checkpoint_id.unwrap_or_else(|| format!("{pod}-{container}-{}", millis()));
+            s.store.ensure_new(&id)?;
+            let backend = KubeletBackend {
+                config: s.config.kubelet.clone(),
+                namespace,
+                pod,
+                container,
+                timeout: Duration::from_secs(timeout_seconds.unwrap_or(60).clamp(1, 3600)),
+            };
+            let store = s.store.clone();
+            let job = s.jobs.spawn(JobKind::Checkpoint, "preparing", move |ctx| {
+                checkpoint::run_job(backend, store, id, ctx)
+            })?;
+            Ok(super::accepted(job))
+        }
+    }
+}
+
+pub async fn list(State(s): State<AppState>) -> Response {
+    let store = s.store.clone();
+    let list = tokio::task::spawn_blocking(move || store.list())
+        .await
+        .unwrap_or_default();
+    axum::Json(serde_json::json!({ "checkpoints": list })).into_response()
+}
+
+pub async fn inspect(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let dir = s.store.existing(&id)?;
+    let mut summary = tokio::task::spawn_blocking(move || crate::inspect::inspect(&dir))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    summary.checkpoint_id = Some(id);
+    Ok(axum::Json(summary).into_response())
+}
+
+pub async fn remove(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let store = s.store.clone();
+    tokio::task::spawn_blocking(move || store.delete(&id))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_shapes() {
+        let r: CheckpointRequest =
+            serde_json::from_str(r#"{"backend":"runc","container_id":"c1"}"#).unwrap();
+        assert!(matches!(
+            r,
+            CheckpointRequest::Runc {
+                leave_running: true,
+                tcp_established: false,
+                ..
+            }
+        ));
+        let e = serde_json::from_str::<CheckpointRequest>(
+            r#"{"backend":"runc","container_id":"c1","leave_runing":true}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("leave_runing"), "{e}");
+        // The kubelet always leaves the container running: the option does not exist there.
+        assert!(
+            serde_json::from_str::<CheckpointRequest>(
+                r#"{"backend":"kubelet","namespace":"d","pod":"p","container":"c","leave_running":false}"#
+            )
+            .is_err()
+        );
+        assert!(serde_json::from_str::<CheckpointRequest>(r#"{"backend":"crio"}"#).is_err());
+        let r: CheckpointRequest = serde_json::from_str(
+            r#"{"backend":"runc","container_id":"c1","leave_running":false,"tcp_close":true,"network_lock":"skip"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r,
+            CheckpointRequest::Runc {
+                tcp_close: Some(true),
+                network_lock: Some(NetworkLock::Skip),
+                ..
+            }
+        ));
+    }
+}

@@ -1,0 +1,65 @@
+//! `/healthz`, `/readyz`, `/metrics` and the JSON 404/405 answers.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api::{ApiError, AppState};
+
+pub async fn healthz() -> Response {
+    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    if s.jobs.is_shutting_down() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the agent is shutting down",
+        )
+        .into_response();
+    }
+    let criu = match s.criu.as_ref() {
+        Ok(v) => v.clone(),
+        Err(why) => {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.clone())
+                .into_response();
+        }
+    };
+    let dir = s.store.dir().to_owned();
+    let writable = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir)
+            .and_then(|_| tempfile::tempfile_in(&dir))
+            .map(drop)
+            .map_err(|e| format!("state dir {} is not writable: {e}", dir.display()))
+    })
+    .await
+    .unwrap_or_else(|e| Err(e.to_string()));
+    if let Err(why) = writable {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).into_response();
+    }
+    axum::Json(serde_json::json!({"status": "ready", "criu_version": criu})).into_response()
+}
+
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("no route {}", uri.path()))
+}
+
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

@@ -1,0 +1,310 @@
+//! Agent configuration.
+//!
+//! Precedence, lowest to highest: built-in defaults < TOML file (`--config`, env
+//! `MS2M_AGENT_CONFIG`, default `/etc/ms2m/agent.toml` when it exists) < environment
+//! variables (`MS2M_AGENT_*`, and `MS2M_CRIU` for the CRIU binary) < command-line flags.
+//! Env and flags are merged by clap (a flag beats its env variable); the file fills in
+//! what neither gave. See `systemd/ms2m-agent.toml` for a commented example.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/ms2m/agent.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid socket_mode {0:?}: expected an octal mode such as \"0660\"")]
+    SocketMode(String),
+}
+
+/// The TOML file: every field optional, so the file may set only what it changes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub socket_path: Option<PathBuf>,
+    pub socket_mode: Option<String>,
+    pub socket_group: Option<String>,
+    pub tcp_listen: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub allowed_rootfs_dirs: Option<Vec<PathBuf>>,
+    pub criu_path: Option<PathBuf>,
+    pub runc_path: Option<PathBuf>,
+    pub runc_root: Option<PathBuf>,
+    pub job_retention_seconds: Option<u64>,
+    pub shutdown_grace_seconds: Option<u64>,
+    pub registry_auth_file: Option<PathBuf>,
+    pub registry_ca_file: Option<PathBuf>,
+    pub direct_ca_file: Option<PathBuf>,
+    pub kubelet: Option<FileKubelet>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKubelet {
+    pub url: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+/// Env/flag layer (clap fills it); `None` means "not given".
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Overrides {
+    /// Unix socket to serve the API on.
+    #[arg(long, env = "MS2M_AGENT_SOCKET")]
+    pub socket_path: Option<PathBuf>,
+    /// Octal mode of the Unix socket.
+    #[arg(long, env = "MS2M_AGENT_SOCKET_MODE")]
+    pub socket_mode: Option<String>,
+    /// Group owning the Unix socket.
+    #[arg(long, env = "MS2M_AGENT_SOCKET_GROUP")]
+    pub socket_group: Option<String>,
+    /// Also serve on this TCP address (bearer token required).
+    #[arg(long, env = "MS2M_AGENT_TCP_LISTEN")]
+    pub tcp_listen: Option<String>,
+    /// File holding the bearer token for the TCP listener and for Direct transfers.
+    #[arg(long, env = "MS2M_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Where checkpoints, bundles and work files live.
+    #[arg(long, env = "MS2M_AGENT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Directories a restore may take an image rootfs from (repeatable).
+    #[arg(
+        long = "allowed-rootfs-dir",
+        env = "MS2M_AGENT_ALLOWED_ROOTFS_DIRS",
+        value_delimiter = ','
+    )]
+    pub allowed_rootfs_dirs: Option<Vec<PathBuf>>,
+    /// CRIU binary.
+    #[arg(long, env = "MS2M_CRIU")]
+    pub criu_path: Option<PathBuf>,
+    /// runc binary.
+    #[arg(long, env = "MS2M_AGENT_RUNC")]
+    pub runc_path: Option<PathBuf>,
+    /// runc state root (`runc --root`).
+    #[arg(long, env = "MS2M_AGENT_RUNC_ROOT")]
+    pub runc_root: Option<PathBuf>,
+    /// Docker-style config.json with registry credentials for push/pull jobs.
+    #[arg(long, env = "MS2M_AGENT_REGISTRY_AUTH_FILE")]
+    pub registry_auth_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for registries.
+    #[arg(long, env = "MS2M_AGENT_REGISTRY_CA_FILE")]
+    pub registry_ca_file: Option<PathBuf>,
+    /// CA certificates (PEM) of other agents' HTTPS listeners (Direct mode).
+    #[arg(long, env = "MS2M_AGENT_DIRECT_CA_FILE")]
+    pub direct_ca_file: Option<PathBuf>,
+    /// Kubelet base URL for the kubelet checkpoint backend.
+    #[arg(long, env = "MS2M_AGENT_KUBELET_URL")]
+    pub kubelet_url: Option<String>,
+    /// ServiceAccount token presented to the kubelet.
+    #[arg(long, env = "MS2M_AGENT_KUBELET_TOKEN_FILE")]
+    pub kubelet_token_file: Option<PathBuf>,
+    /// CA bundle that signed the kubelet's serving certificate.
+    #[arg(long, env = "MS2M_AGENT_KUBELET_CA_FILE")]
+    pub kubelet_ca_file: Option<PathBuf>,
+    /// Directory the kubelet writes checkpoint archives to.
+    #[arg(long, env = "MS2M_AGENT_KUBELET_CHECKPOINT_DIR")]
+    pub kubelet_checkpoint_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    pub url: String,
+    pub token_file: PathBuf,
+    pub ca_file: PathBuf,
+    pub checkpoint_dir: PathBuf,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub socket_path: PathBuf,
+    pub socket_mode: u32,
+    pub socket_group: Option<String>,
+    pub tcp_listen: Option<String>,
+    pub token_file: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub allowed_rootfs_dirs: Vec<PathBuf>,
+    pub criu_path: PathBuf,
+    pub runc_path: PathBuf,
+    pub runc_root: Option<PathBuf>,
+    pub job_retention_seconds: u64,
+    pub shutdown_grace_seconds: u64,
+    pub registry_auth_file: Option<PathBuf>,
+    pub registry_ca_file: Option<PathBuf>,
+    pub direct_ca_file: Option<PathBuf>,
+    pub kubelet: KubeletConfig,
+}
+
+impl Config {
+    /// Load the file (if any) and apply env/flag overrides on top.
+    pub fn load(file: Option<&Path>, o: &Overrides) -> Result<Self, ConfigError> {
+        let fc = match file {
+            Some(p) => read_file(p)?,
+            None if Path::new(DEFAULT_CONFIG_PATH).exists() => {
+                read_file(Path::new(DEFAULT_CONFIG_PATH))?
+            }
+            None => FileConfig::default(),
+        };
+        Self::merge(fc, o)
+    }
+
+    pub fn merge(fc: FileConfig, o: &Overrides) -> Result<Self, ConfigError> {
+        let fk = fc.kubelet.unwrap_or_default();
+        let state_dir = o
+            .state_dir
+            .clone()
+            .or(fc.state_dir)
+            .unwrap_or_else(|| PathBuf::from("/var/lib/ms2m-agent"));
+        let mode = o
+            .socket_mode
+            .clone()
+            .or(fc.socket_mode)
+            .unwrap_or_else(|| "0660".into());
+        let socket_mode = u32::from_str_radix(mode.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or(ConfigError::SocketMode(mode.clone()))?;
+        let allowed_rootfs_dirs = o
+            .allowed_rootfs_dirs
+            .clone()
+            .or(fc.allowed_rootfs_dirs)
+            .unwrap_or_else(|| vec![state_dir.join("rootfs")]);
+        Ok(Self {
+            socket_path: o
+                .socket_path
+                .clone()
+                .or(fc.socket_path)
+                .unwrap_or_else(|| PathBuf::from("/run/ms2m/agent.sock")),
+            socket_mode,
+            socket_group: o.socket_group.clone().or(fc.socket_group),
+            tcp_listen: o.tcp_listen.clone().or(fc.tcp_listen),
+            token_file: o.token_file.clone().or(fc.token_file),
+            allowed_rootfs_dirs,
+            criu_path: o
+                .criu_path
+                .clone()
+                .or(fc.criu_path)
+                .unwrap_or_else(|| PathBuf::from("/usr/local/sbin/criu")),
+            runc_path: o
+                .runc_path
+                .clone()
+                .or(fc.runc_path)
+                .unwrap_or_else(|| PathBuf::from("runc")),
+            runc_root: o.runc_root.clone().or(fc.runc_root),
+            job_retention_seconds: fc.job_retention_seconds.unwrap_or(3600),
+            shutdown_grace_seconds: fc.shutdown_grace_seconds.unwrap_or(30),
+            registry_auth_file: o.registry_auth_file.clone().or(fc.registry_auth_file),
+            registry_ca_file: o.registry_ca_file.clone().or(fc.registry_ca_file),
+            direct_ca_file: o.direct_ca_file.clone().or(fc.direct_ca_file),
+            kubelet: KubeletConfig {
+                url: o
+                    .kubelet_url
+                    .clone()
+                    .or(fk.url)
+                    .unwrap_or_else(|| "https://127.0.0.1:10250".into()),
+                token_file: o
+                    .kubelet_token_file
+                    .clone()
+                    .or(fk.token_file)
+                    .unwrap_or_else(|| {
+                        PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+                    }),
+                ca_file: o.kubelet_ca_file.clone().or(fk.ca_file).unwrap_or_else(|| {
+                    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
+                }),
+                checkpoint_dir: o
+                    .kubelet_checkpoint_dir
+                    .clone()
+                    .or(fk.checkpoint_dir)
+                    .unwrap_or_else(|| PathBuf::from("/var/lib/kubelet/checkpoints")),
+            },
+            state_dir,
+        })
+    }
+
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.state_dir.join("checkpoints")
+    }
+
+    pub fn bundles_dir(&self) -> PathBuf {
+        self.state_dir.join("bundles")
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.state_dir.join("work")
+    }
+}
+
+fn read_file(p: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+        path: p.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: p.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let fc: FileConfig = toml::from_str(
+            r#"
+            state_dir = "/srv/ms2m"
+            criu_path = "/opt/criu"
+            socket_mode = "0600"
+            [kubelet]
+            checkpoint_dir = "/k/checkpoints"
+            "#,
+        )
+        .unwrap();
+        let o = Overrides {
+            criu_path: Some("/flag/criu".into()),
+            ..Default::default()
+        };
+        let c = Config::merge(fc, &o).unwrap();
+        assert_eq!(c.criu_path, PathBuf::from("/flag/criu"));
+        assert_eq!(c.state_dir, PathBuf::from("/srv/ms2m"));
+        assert_eq!(c.socket_mode, 0o600);
+        assert_eq!(
+            c.allowed_rootfs_dirs,
+            vec![PathBuf::from("/srv/ms2m/rootfs")]
+        );
+        assert_eq!(c.kubelet.checkpoint_dir, PathBuf::from("/k/checkpoints"));
+        assert_eq!(c.socket_path, PathBuf::from("/run/ms2m/agent.sock"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_modes_are_rejected() {
+        assert!(toml::from_str::<FileConfig>("stat_dir = \"/x\"").is_err());
+        let fc: FileConfig = toml::from_str("socket_mode = \"rw\"").unwrap();
+        assert!(matches!(
+            Config::merge(fc, &Overrides::default()),
+            Err(ConfigError::SocketMode(_))
+        ));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../systemd/ms2m-agent.toml");
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.socket_path, PathBuf::from("/run/ms2m/agent.sock"));
+    }
+}

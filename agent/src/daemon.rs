@@ -1,0 +1,146 @@
+//! `serve`: bind (or inherit) the listeners, serve the API, notify systemd, and on
+//! SIGTERM/SIGINT drain: refuse new jobs, let running ones finish within the grace
+//! period, abort the rest (their files are removed), then stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::listeners::{self, Inherited, ListenError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Listen(#[from] ListenError),
+    #[error("tcp_listen is set but no token: set token_file to a file holding the bearer token")]
+    NoToken,
+    #[error("reading token file {0}: {1}")]
+    Token(std::path::PathBuf, std::io::Error),
+    #[error("token file {0} is empty")]
+    EmptyToken(std::path::PathBuf),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+async fn load_token(config: &Config) -> Result<Arc<String>, DaemonError> {
+    let path = config.token_file.clone().ok_or(DaemonError::NoToken)?;
+    let t = tokio::fs::read_to_string(&path)
+        .await
+        .map_err(|e| DaemonError::Token(path.clone(), e))?;
+    let t = t.trim().to_owned();
+    if t.is_empty() {
+        return Err(DaemonError::EmptyToken(path));
+    }
+    Ok(Arc::new(t))
+}
+
+/// Serve until SIGTERM/SIGINT.
+pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError> {
+    for d in [
+        config.checkpoints_dir(),
+        config.bundles_dir(),
+        config.work_dir(),
+    ] {
+        tokio::fs::create_dir_all(&d)
+            .await
+            .map_err(|e| DaemonError::Io(format!("creating {}", d.display()), e))?;
+    }
+    let criu = match crate::criu_check::criu_version(&config.criu_path).await {
+        Ok(v) => {
+            let kernel = crate::criu_check::kernel_release();
+            match crate::criu_check::Version::parse(&kernel)
+                .and_then(|k| crate::criu_check::refusal(v, k))
+            {
+                Some(why) => Err(why),
+                None => Ok(v.to_string()),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(why) = &criu {
+        tracing::warn!(%why, "CRIU unusable: /readyz will fail");
+    }
+    let unix = match inherited.unix {
+        Some(l) => {
+            tracing::info!("serving on the Unix socket inherited from systemd");
+            l.set_nonblocking(true)
+                .map_err(|e| DaemonError::Io("inherited socket".into(), e))?;
+            tokio::net::UnixListener::from_std(l)
+                .map_err(|e| DaemonError::Io("inherited socket".into(), e))?
+        }
+        None => {
+            let l = listeners::bind_unix(
+                &config.socket_path,
+                config.socket_mode,
+                config.socket_group.as_deref(),
+            )?;
+            tracing::info!(path = %config.socket_path.display(), "serving on Unix socket");
+            l
+        }
+    };
+    let tcp = match (inherited.tcp, &config.tcp_listen) {
+        (Some(l), _) => {
+            l.set_nonblocking(true)
+                .map_err(|e| DaemonError::Io("inherited TCP socket".into(), e))?;
+            Some(
+                tokio::net::TcpListener::from_std(l)
+                    .map_err(|e| DaemonError::Io("inherited TCP socket".into(), e))?,
+            )
+        }
+        (None, Some(addr)) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| DaemonError::Io(format!("binding {addr}"), e))?,
+        ),
+        (None, None) => None,
+    };
+    let token = if tcp.is_some() {
+        Some(load_token(&config).await?)
+    } else {
+        None
+    };
+    let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let state = AppState::new(config, criu);
+    let jobs = state.jobs.clone();
+    let stop = CancellationToken::new();
+
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(api::serve_unix(unix, state.clone(), stop.clone()));
+    if let (Some(tcp), Some(token)) = (tcp, token) {
+        if let Ok(a) = tcp.local_addr() {
+            tracing::info!(addr = %a, "serving on TCP (bearer token required)");
+        }
+        servers.spawn(api::serve_tcp(tcp, state.clone(), token, stop.clone()));
+    }
+    match crate::sd_notify::notify("READY=1") {
+        Ok(true) => tracing::info!("notified systemd: READY=1"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "sd_notify failed"),
+    }
+
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| DaemonError::Io("SIGTERM".into(), e))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| DaemonError::Io("SIGINT".into(), e))?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = int.recv() => tracing::info!("SIGINT: draining"),
+        r = servers.join_next() => {
+            tracing::error!(?r, "a listener stopped unexpectedly");
+        }
+    }
+    let _ = crate::sd_notify::notify("STOPPING=1");
+    jobs.shutdown(grace).await;
+    stop.cancel();
+    // Long-polls end with their jobs; give idle connections a moment to close.
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    tracing::info!("stopped");
+    Ok(())
+}
