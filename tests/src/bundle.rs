@@ -13,8 +13,8 @@ use crate::process::run;
 
 /// Applets linked into the rootfs; the test programs are shell loops.
 const APPLETS: &[&str] = &[
-    "sh", "cat", "echo", "sleep", "ls", "seq", "expr", "test", "[", "true", "false", "mkdir",
-    "rm", "wc", "tail", "head", "dd", "hostname", "ip", "nc", "wget", "grep",
+    "sh", "cat", "echo", "sleep", "ls", "seq", "expr", "test", "[", "true", "false", "mkdir", "rm",
+    "wc", "tail", "head", "dd", "hostname", "ip", "nc", "wget", "grep",
 ];
 
 /// A bundle directory: `<dir>/config.json` and `<dir>/rootfs`.
@@ -39,7 +39,9 @@ impl Bundle {
         }
         fs::write(rootfs.join("etc/hostname"), "ms2m-test\n").unwrap();
         run(Command::new("runc").arg("spec").current_dir(dir));
-        let bundle = Bundle { dir: dir.to_path_buf() };
+        let bundle = Bundle {
+            dir: dir.to_path_buf(),
+        };
         bundle.edit_config(|c| {
             c["process"]["args"] = json!(args);
             c["process"]["terminal"] = json!(false);
@@ -61,7 +63,8 @@ impl Bundle {
     pub fn add_file(&self, src: &Path, dest: &str) {
         let target = self.rootfs().join(dest.trim_start_matches('/'));
         fs::create_dir_all(target.parent().unwrap()).unwrap();
-        fs::copy(src, &target).unwrap_or_else(|e| panic!("copy {} into rootfs: {e}", src.display()));
+        fs::copy(src, &target)
+            .unwrap_or_else(|e| panic!("copy {} into rootfs: {e}", src.display()));
     }
 
     /// Makes the container join an existing network namespace (a pre-created pod

@@ -24,17 +24,31 @@ impl Container {
     /// `runc run -d` of `bundle` as `id`.
     pub fn run(bundle: &Bundle, id: &str) -> Container {
         let mut cmd = Command::new("runc");
-        cmd.args(["run", "-d", "--bundle"]).arg(bundle.dir()).arg(id);
+        cmd.args(["run", "-d", "--bundle"])
+            .arg(bundle.dir())
+            .arg(id);
         Container::spawn(cmd, id)
     }
 
     /// `runc restore -d` of `bundle` as `id` from CRIU images in `images`.
     /// `extra` are more restore flags (e.g. `--tcp-established`).
-    pub fn restore(bundle: &Bundle, id: &str, images: &Path, work: &Path, extra: &[&str]) -> Container {
+    pub fn restore(
+        bundle: &Bundle,
+        id: &str,
+        images: &Path,
+        work: &Path,
+        extra: &[&str],
+    ) -> Container {
         let criu = crate::env::criu();
         let mut cmd = Command::new("runc");
-        cmd.arg("--criu").arg(criu).args(["restore", "-d", "--image-path"]).arg(images);
-        cmd.arg("--work-path").arg(work).arg("--bundle").arg(bundle.dir());
+        cmd.arg("--criu")
+            .arg(criu)
+            .args(["restore", "-d", "--image-path"])
+            .arg(images);
+        cmd.arg("--work-path")
+            .arg(work)
+            .arg("--bundle")
+            .arg(bundle.dir());
         cmd.args(extra).arg(id);
         Container::spawn(cmd, id)
     }
@@ -42,7 +56,10 @@ impl Container {
     /// Adopts a container that something else (e.g. the agent) started, so the test
     /// cleans it up.
     pub fn adopt(id: &str) -> Container {
-        Container { id: id.to_string(), output: Arc::default() }
+        Container {
+            id: id.to_string(),
+            output: Arc::default(),
+        }
     }
 
     fn spawn(mut cmd: Command, id: &str) -> Container {
@@ -73,7 +90,10 @@ impl Container {
         // don't read stdin, and keeps the pipe (which CRIU can dump) as fd 0.
         drop(child.stdin.take());
         let status = child.wait().expect("wait for runc");
-        let container = Container { id: id.to_string(), output };
+        let container = Container {
+            id: id.to_string(),
+            output,
+        };
         assert!(
             status.success(),
             "{cmd:?} failed with {status}: {}",
@@ -94,7 +114,10 @@ impl Container {
     /// `runc state`'s status: "running", "stopped", ... or None when runc has no such
     /// container.
     pub fn status(&self) -> Option<String> {
-        let out = Command::new("runc").args(["state", &self.id]).output().ok()?;
+        let out = Command::new("runc")
+            .args(["state", &self.id])
+            .output()
+            .ok()?;
         if !out.status.success() {
             return None;
         }
@@ -104,7 +127,10 @@ impl Container {
 
     /// The container's init PID on the host.
     pub fn pid(&self) -> Option<u32> {
-        let out = Command::new("runc").args(["state", &self.id]).output().ok()?;
+        let out = Command::new("runc")
+            .args(["state", &self.id])
+            .output()
+            .ok()?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
         v["pid"].as_u64().map(|p| p as u32).filter(|p| *p != 0)
     }
@@ -112,7 +138,11 @@ impl Container {
 
 impl Drop for Container {
     fn drop(&mut self) {
-        let _ = Command::new("runc").args(["kill", &self.id, "KILL"]).output();
-        let _ = Command::new("runc").args(["delete", "-f", &self.id]).output();
+        let _ = Command::new("runc")
+            .args(["kill", &self.id, "KILL"])
+            .output();
+        let _ = Command::new("runc")
+            .args(["delete", "-f", &self.id])
+            .output();
     }
 }

@@ -25,7 +25,8 @@ pub fn amqp_url() -> String {
 
 /// The CRIU (>= 4.2) binary.
 pub fn criu() -> PathBuf {
-    let p = PathBuf::from(std::env::var("MS2M_CRIU").unwrap_or_else(|_| "/usr/local/sbin/criu".into()));
+    let p =
+        PathBuf::from(std::env::var("MS2M_CRIU").unwrap_or_else(|_| "/usr/local/sbin/criu".into()));
     assert!(
         p.is_file(),
         "CRIU not found at {} (set MS2M_CRIU or run scripts/setup.sh)",
@@ -56,5 +57,9 @@ pub fn tool(name: &str, package: &str) -> PathBuf {
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
-    format!("{prefix}{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

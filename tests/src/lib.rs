@@ -7,6 +7,9 @@
 
 pub mod bundle;
 pub mod container;
+pub mod e2e;
 pub mod env;
 pub mod netns;
+pub mod nodes;
 pub mod process;
+pub mod transfer;

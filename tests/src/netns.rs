@@ -18,7 +18,9 @@ impl Netns {
         crate::env::require_root();
         crate::env::tool("ip", "iproute2");
         run(Command::new("ip").args(["netns", "add", name]));
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         run(Command::new("ip").args(["-n", name, "link", "set", "lo", "up"]));
         ns
     }
@@ -44,19 +46,39 @@ impl Netns {
     /// Only for addresses of a test-only subnet that exists in this machine alone.
     pub fn connect_to_host(&self, host_if: &str, host_addr: &str, ns_addr: &str, prefix: u8) {
         let peer = format!("{host_if}p");
-        run(Command::new("ip").args(["link", "add", host_if, "type", "veth", "peer", "name", &peer]));
+        run(Command::new("ip").args([
+            "link", "add", host_if, "type", "veth", "peer", "name", &peer,
+        ]));
         run(Command::new("ip").args(["link", "set", &peer, "netns", &self.name]));
-        run(Command::new("ip").args(["addr", "add", &format!("{host_addr}/{prefix}"), "dev", host_if]));
+        run(Command::new("ip").args([
+            "addr",
+            "add",
+            &format!("{host_addr}/{prefix}"),
+            "dev",
+            host_if,
+        ]));
         run(Command::new("ip").args(["link", "set", host_if, "up"]));
-        run(Command::new("ip").args(["-n", &self.name, "addr", "add", &format!("{ns_addr}/{prefix}"), "dev", &peer]));
+        run(Command::new("ip").args([
+            "-n",
+            &self.name,
+            "addr",
+            "add",
+            &format!("{ns_addr}/{prefix}"),
+            "dev",
+            &peer,
+        ]));
         run(Command::new("ip").args(["-n", &self.name, "link", "set", &peer, "up"]));
-        run(Command::new("ip").args(["-n", &self.name, "route", "add", "default", "via", host_addr]));
+        run(Command::new("ip").args([
+            "-n", &self.name, "route", "add", "default", "via", host_addr,
+        ]));
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
         // Deleting the namespace also removes the veth pair living in it.
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
     }
 }

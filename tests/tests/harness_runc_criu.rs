@@ -14,7 +14,11 @@ use ms2m_tests::netns::Netns;
 use ms2m_tests::process::run;
 
 /// Counts into /log, one line per tick, so a restart (a second "1") is visible.
-pub const COUNTER: &[&str] = &["sh", "-c", "i=0; while true; do i=$((i+1)); echo $i >> /log; sleep 0.02; done"];
+pub const COUNTER: &[&str] = &[
+    "sh",
+    "-c",
+    "i=0; while true; do i=$((i+1)); echo $i >> /log; sleep 0.02; done",
+];
 
 fn lines(rootfs: &Path) -> Vec<u64> {
     fs::read_to_string(rootfs.join("log"))
@@ -31,7 +35,11 @@ fn wait_for_lines(rootfs: &Path, n: usize) -> Vec<u64> {
         if l.len() >= n {
             return l;
         }
-        assert!(Instant::now() < deadline, "counter reached only {} lines", l.len());
+        assert!(
+            Instant::now() < deadline,
+            "counter reached only {} lines",
+            l.len()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -57,17 +65,31 @@ fn counter_survives_checkpoint_and_restore_under_new_id() {
         .arg("--work-path")
         .arg(&work)
         .arg(&id));
-    assert_eq!(source.status(), None, "checkpoint without --leave-running removes the container");
+    assert_eq!(
+        source.status(),
+        None,
+        "checkpoint without --leave-running removes the container"
+    );
     let at_checkpoint = lines(&bundle.rootfs());
     assert!(images.join("inventory.img").is_file());
 
     let restored_id = unique("ms2m-h-r-");
     let restored = Container::restore(&bundle, &restored_id, &images, &work, &[]);
-    assert_eq!(restored.status().as_deref(), Some("running"), "{}", restored.output());
+    assert_eq!(
+        restored.status().as_deref(),
+        Some("running"),
+        "{}",
+        restored.output()
+    );
     let after = wait_for_lines(&bundle.rootfs(), at_checkpoint.len() + 20);
     // One continuous count: the restored shell carried on from its in-memory `i`.
     for (k, v) in after.iter().enumerate() {
-        assert_eq!(*v, k as u64 + 1, "count broke at line {k}: {:?}", &after[k.saturating_sub(3)..(k + 3).min(after.len())]);
+        assert_eq!(
+            *v,
+            k as u64 + 1,
+            "count broke at line {k}: {:?}",
+            &after[k.saturating_sub(3)..(k + 3).min(after.len())]
+        );
     }
     drop(source);
 }
