@@ -14,7 +14,8 @@
 //!         tar + plain HTTP upload + OCI layout + skopeo copy into containers-storage
 //!         on the receiving side (how the Go implementation's direct mode works)
 //!
-//! Prints medians, ratios against ms2m and ms2m's peak RSS.
+//! Prints medians, ratios against ms2m and ms2m's peak RSS. `MS2M_BENCH_QUICK=1` leaves
+//! out the two slow push baselines (buildah, skopeo) to iterate on the rest.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -29,7 +30,7 @@ use ms2m_agent::transfer::Progress;
 use ms2m_agent::transfer::direct::{DirectOptions, receive, send};
 use ms2m_agent::transfer::push::{PushOptions, open_archive};
 use ms2m_agent::transfer::synthetic;
-use ms2m_image_format::{EncodeOptions, write_oci_layout};
+use ms2m_image_format::{Compression, EncodeOptions, write_oci_layout};
 use sha2::Digest as _;
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -318,6 +319,9 @@ fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let size_mb = env_u64("MS2M_BENCH_SIZE_MB", 1024);
     let runs = env_u64("MS2M_BENCH_RUNS", 3).max(1);
+    let quick = env_u64("MS2M_BENCH_QUICK", 0) != 0;
+    // Only the two ms2m Direct rows (profiling the receiver).
+    let direct_only = env_u64("MS2M_BENCH_DIRECT_ONLY", 0) != 0;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -352,175 +356,180 @@ fn main() {
         synthetic::write_checkpoint(&ckpt, "bench", size_mb * 1024 * 1024).unwrap();
         let tag = format!("r{i}");
 
-        settle();
-        // 1. ms2m push
-        let image = format!("{}/bench/ms2m:{tag}", reg.addr);
-        let (out, d, rss) = run_rss(
-            Command::new(&agent)
-                .arg("push")
-                .arg(&ckpt)
-                .arg(&image)
-                .arg("--json"),
-        );
-        let pushed: serde_json::Value = serde_json::from_str(&out).unwrap();
-        res.add("ms2m push", d);
-        rss_push.push(rss as f64);
+        if !direct_only {
+            settle();
+            // 1. ms2m push
+            let image = format!("{}/bench/ms2m:{tag}", reg.addr);
+            let (out, d, rss) = run_rss(
+                Command::new(&agent)
+                    .arg("push")
+                    .arg(&ckpt)
+                    .arg(&image)
+                    .arg("--json"),
+            );
+            let pushed: serde_json::Value = serde_json::from_str(&out).unwrap();
+            res.add("ms2m push", d);
+            rss_push.push(rss as f64);
 
-        settle();
-        // 2. buildah
-        let (root, runroot) = (run_dir.join("b-root"), run_dir.join("b-run"));
-        let b = |args: &[&str]| {
-            let mut c = Command::new(&buildah);
-            c.arg("--root")
-                .arg(&root)
-                .arg("--runroot")
-                .arg(&runroot)
-                .args(args);
-            c
-        };
-        let t = Instant::now();
-        let c = run(&mut b(&["from", "scratch"]));
-        run(b(&["add", &c]).arg(&ckpt).arg("/"));
-        run(&mut b(&[
-            "config",
-            "--annotation=io.kubernetes.cri-o.annotations.checkpoint.name=bench",
-            &c,
-        ]));
-        run(&mut b(&[
-            "commit",
-            "--quiet",
-            &c,
-            &format!("bench-ckpt:{tag}"),
-        ]));
-        run(&mut b(&[
-            "push",
-            "--tls-verify=false",
-            &format!("bench-ckpt:{tag}"),
-            &format!("docker://{}/bench/buildah:{tag}", reg.addr),
-        ]));
-        res.add("buildah from/add/config/commit/push", t.elapsed());
-        let _ = b(&["rm", "-a"]).output();
-        let _ = b(&["rmi", "-a", "-f"]).output();
+            if !quick {
+                settle();
+                // 2. buildah
+                let (root, runroot) = (run_dir.join("b-root"), run_dir.join("b-run"));
+                let b = |args: &[&str]| {
+                    let mut c = Command::new(&buildah);
+                    c.arg("--root")
+                        .arg(&root)
+                        .arg("--runroot")
+                        .arg(&runroot)
+                        .args(args);
+                    c
+                };
+                let t = Instant::now();
+                let c = run(&mut b(&["from", "scratch"]));
+                run(b(&["add", &c]).arg(&ckpt).arg("/"));
+                run(&mut b(&[
+                    "config",
+                    "--annotation=io.kubernetes.cri-o.annotations.checkpoint.name=bench",
+                    &c,
+                ]));
+                run(&mut b(&[
+                    "commit",
+                    "--quiet",
+                    &c,
+                    &format!("bench-ckpt:{tag}"),
+                ]));
+                run(&mut b(&[
+                    "push",
+                    "--tls-verify=false",
+                    &format!("bench-ckpt:{tag}"),
+                    &format!("docker://{}/bench/buildah:{tag}", reg.addr),
+                ]));
+                res.add("buildah from/add/config/commit/push", t.elapsed());
+                let _ = b(&["rm", "-a"]).output();
+                let _ = b(&["rmi", "-a", "-f"]).output();
 
-        settle();
-        // 3. skopeo copy from an OCI layout, layout build included
-        let layout = run_dir.join("layout");
-        let t = Instant::now();
-        layout_from_dir(&ckpt, &layout);
-        run(Command::new(&skopeo)
-            .args([
-                "copy",
-                "--quiet",
-                "--dest-tls-verify=false",
-                "--dest-compress",
-                "--dest-compress-format",
-                "gzip",
-            ])
-            .arg(format!("oci:{}:ckpt", layout.display()))
-            .arg(format!("docker://{}/bench/skopeo:{tag}", reg.addr)));
-        res.add("skopeo copy (layout build included)", t.elapsed());
+                settle();
+                // 3. skopeo copy from an OCI layout, layout build included
+                let layout = run_dir.join("layout");
+                let t = Instant::now();
+                layout_from_dir(&ckpt, &layout);
+                run(Command::new(&skopeo)
+                    .args([
+                        "copy",
+                        "--quiet",
+                        "--dest-tls-verify=false",
+                        "--dest-compress",
+                        "--dest-compress-format",
+                        "gzip",
+                    ])
+                    .arg(format!("oci:{}:ckpt", layout.display()))
+                    .arg(format!("docker://{}/bench/skopeo:{tag}", reg.addr)));
+                res.add("skopeo copy (layout build included)", t.elapsed());
+            }
 
-        // 4. curl of ms2m's own blobs, one stream per layer, in parallel
-        let own = run_dir.join("own-layout");
-        let archive = rt.block_on(open_archive(&ckpt)).unwrap();
-        let opts = EncodeOptions {
-            layers: defaults.layers,
-            compression: defaults.compression,
-            ..EncodeOptions::default()
-        };
-        let img = write_oci_layout(&archive, &own, &opts).unwrap();
-        let pushed_layers: Vec<&str> = pushed["layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["digest"].as_str().unwrap())
-            .collect();
-        let own_layers: Vec<&str> = img.layers.iter().map(|l| l.digest.as_str()).collect();
-        assert_eq!(
-            own_layers, pushed_layers,
-            "same archive, same encoder: same blobs"
-        );
-        settle();
-        let t = Instant::now();
-        let threads: Vec<_> = img
-            .layers
-            .iter()
-            .map(|l| {
-                let (curl, addr, blob, digest) = (
-                    curl.clone(),
-                    reg.addr.clone(),
-                    own.join("blobs/sha256").join(&l.digest[7..]),
-                    l.digest.clone(),
-                );
-                std::thread::spawn(move || {
-                    let head = run(Command::new(&curl)
-                        .args(["-sS", "-X", "POST", "-D", "-", "-o", "/dev/null"])
-                        .arg(format!("http://{addr}/v2/bench/curl/blobs/uploads/")));
-                    let loc = head
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("Location: ")
-                                .or_else(|| l.strip_prefix("location: "))
-                        })
-                        .expect("upload location")
-                        .trim()
-                        .to_string();
-                    let loc = if loc.starts_with("http") {
-                        loc
-                    } else {
-                        format!("http://{addr}{loc}")
-                    };
-                    let sep = if loc.contains('?') { '&' } else { '?' };
-                    run(Command::new(&curl)
-                        .args(["-sS", "-f", "-o", "/dev/null", "-T"])
-                        .arg(&blob)
-                        .arg(format!("{loc}{sep}digest={digest}")));
+            // 4. curl of ms2m's own blobs, one stream per layer, in parallel
+            let own = run_dir.join("own-layout");
+            let archive = rt.block_on(open_archive(&ckpt)).unwrap();
+            let opts = EncodeOptions {
+                layers: defaults.layers,
+                compression: defaults.compression,
+                ..EncodeOptions::default()
+            };
+            let img = write_oci_layout(&archive, &own, &opts).unwrap();
+            let pushed_layers: Vec<&str> = pushed["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["digest"].as_str().unwrap())
+                .collect();
+            let own_layers: Vec<&str> = img.layers.iter().map(|l| l.digest.as_str()).collect();
+            assert_eq!(
+                own_layers, pushed_layers,
+                "same archive, same encoder: same blobs"
+            );
+            settle();
+            let t = Instant::now();
+            let threads: Vec<_> = img
+                .layers
+                .iter()
+                .map(|l| {
+                    let (curl, addr, blob, digest) = (
+                        curl.clone(),
+                        reg.addr.clone(),
+                        own.join("blobs/sha256").join(&l.digest[7..]),
+                        l.digest.clone(),
+                    );
+                    std::thread::spawn(move || {
+                        let head = run(Command::new(&curl)
+                            .args(["-sS", "-X", "POST", "-D", "-", "-o", "/dev/null"])
+                            .arg(format!("http://{addr}/v2/bench/curl/blobs/uploads/")));
+                        let loc = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("Location: ")
+                                    .or_else(|| l.strip_prefix("location: "))
+                            })
+                            .expect("upload location")
+                            .trim()
+                            .to_string();
+                        let loc = if loc.starts_with("http") {
+                            loc
+                        } else {
+                            format!("http://{addr}{loc}")
+                        };
+                        let sep = if loc.contains('?') { '&' } else { '?' };
+                        run(Command::new(&curl)
+                            .args(["-sS", "-f", "-o", "/dev/null", "-T"])
+                            .arg(&blob)
+                            .arg(format!("{loc}{sep}digest={digest}")));
+                    })
                 })
-            })
-            .collect();
-        for th in threads {
-            th.join().unwrap();
-        }
-        res.add("curl of ms2m's blobs (same streams)", t.elapsed());
+                .collect();
+            for th in threads {
+                th.join().unwrap();
+            }
+            res.add("curl of ms2m's blobs (same streams)", t.elapsed());
 
-        settle();
-        // 5. pull: ms2m vs skopeo + decompress
-        let dest = run_dir.join("pulled");
-        let (_, d, rss) = run_rss(
-            Command::new(&agent)
-                .arg("pull")
-                .arg(&image)
-                .arg(&dest)
-                .arg("--json"),
-        );
-        res.add("ms2m pull", d);
-        rss_pull.push(rss as f64);
-        settle();
-        let t = Instant::now();
-        let pl = run_dir.join("pull-layout");
-        run(Command::new(&skopeo)
-            .args(["copy", "--quiet", "--src-tls-verify=false"])
-            .arg(format!("docker://{image}"))
-            .arg(format!("oci:{}:ckpt", pl.display())));
-        let idx: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(pl.join("index.json")).unwrap()).unwrap();
-        let md = idx["manifests"][0]["digest"].as_str().unwrap();
-        let m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(pl.join("blobs/sha256").join(&md[7..])).unwrap())
-                .unwrap();
-        let out = run_dir.join("skopeo-unpacked");
-        std::fs::create_dir_all(&out).unwrap();
-        for l in m["layers"].as_array().unwrap() {
-            let blob = pl
-                .join("blobs/sha256")
-                .join(&l["digest"].as_str().unwrap()[7..]);
-            run(Command::new("sh").arg("-c").arg(format!(
-                "zstd -dc '{}' | tar -x -C '{}'",
-                blob.display(),
-                out.display()
-            )));
+            settle();
+            // 5. pull: ms2m vs skopeo + decompress
+            let dest = run_dir.join("pulled");
+            let (_, d, rss) = run_rss(
+                Command::new(&agent)
+                    .arg("pull")
+                    .arg(&image)
+                    .arg(&dest)
+                    .arg("--json"),
+            );
+            res.add("ms2m pull", d);
+            rss_pull.push(rss as f64);
+            settle();
+            let t = Instant::now();
+            let pl = run_dir.join("pull-layout");
+            run(Command::new(&skopeo)
+                .args(["copy", "--quiet", "--src-tls-verify=false"])
+                .arg(format!("docker://{image}"))
+                .arg(format!("oci:{}:ckpt", pl.display())));
+            let idx: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(pl.join("index.json")).unwrap()).unwrap();
+            let md = idx["manifests"][0]["digest"].as_str().unwrap();
+            let m: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(pl.join("blobs/sha256").join(&md[7..])).unwrap(),
+            )
+            .unwrap();
+            let out = run_dir.join("skopeo-unpacked");
+            std::fs::create_dir_all(&out).unwrap();
+            for l in m["layers"].as_array().unwrap() {
+                let blob = pl
+                    .join("blobs/sha256")
+                    .join(&l["digest"].as_str().unwrap()[7..]);
+                run(Command::new("sh").arg("-c").arg(format!(
+                    "zstd -dc '{}' | tar -x -C '{}'",
+                    blob.display(),
+                    out.display()
+                )));
+            }
+            res.add("skopeo copy + zstd -d + tar -x", t.elapsed());
         }
-        res.add("skopeo copy + zstd -d + tar -x", t.elapsed());
 
         settle();
         // 6. direct: ms2m agent to agent vs tar + HTTP upload + layout + skopeo into storage
@@ -535,6 +544,27 @@ fn main() {
         ))
         .unwrap();
         res.add("ms2m direct (agent to agent)", t.elapsed());
+        settle();
+        let t = Instant::now();
+        let archive = rt.block_on(open_archive(&ckpt)).unwrap();
+        rt.block_on(send(
+            archive,
+            &rx_url,
+            &format!("ms2m-none-{tag}"),
+            &DirectOptions {
+                compression: Compression::None,
+                ..DirectOptions::default()
+            },
+            &Progress::new(),
+        ))
+        .unwrap();
+        res.add("ms2m direct, uncompressed", t.elapsed());
+        if direct_only {
+            let _ = std::fs::remove_dir_all(&run_dir);
+            let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-{tag}")));
+            let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-none-{tag}")));
+            continue;
+        }
         settle();
         let t = Instant::now();
         let tarball = run_dir.join("ckpt.tar");
@@ -566,6 +596,7 @@ fn main() {
 
         let _ = std::fs::remove_dir_all(&run_dir);
         let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-{tag}")));
+        let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-none-{tag}")));
         let _ = std::fs::remove_file(&received);
         eprintln!("run {} of {runs} done", i + 1);
     }
@@ -594,6 +625,7 @@ fn main() {
             "ms2m direct (agent to agent)",
             [
                 "ms2m direct (agent to agent)",
+                "ms2m direct, uncompressed",
                 "tar + HTTP upload + layout + skopeo copy",
             ]
             .as_slice(),
@@ -601,16 +633,24 @@ fn main() {
     ];
     for (base, names) in groups {
         let b = res.median(base);
+        if b.is_nan() {
+            continue;
+        }
         for n in names {
             let m = res.median(n);
+            if m.is_nan() {
+                continue;
+            }
             println!("| {n} | {m:.2} | {:.0} | {:.2}× |", mb / m, m / b);
         }
     }
-    println!(
-        "\nms2m peak RSS: push {:.1} MiB, pull {:.1} MiB (median)",
-        median(&mut rss_push) / 1048576.0,
-        median(&mut rss_pull) / 1048576.0
-    );
+    if !direct_only {
+        println!(
+            "\nms2m peak RSS: push {:.1} MiB, pull {:.1} MiB (median)",
+            median(&mut rss_push) / 1048576.0,
+            median(&mut rss_pull) / 1048576.0
+        );
+    }
     // containers-storage leaves overlay mounts behind; unmount before the temp dir goes.
     let _ = Command::new("sh")
         .arg("-c")

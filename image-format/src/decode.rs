@@ -15,7 +15,7 @@ use tracing::debug;
 
 use crate::archive::EntryKind;
 use crate::compression::CompressionKind;
-use crate::digest::HashingReader;
+use crate::digest::OffloadHashingReader;
 use crate::encode::LayerDescriptor;
 use crate::error::{Error, IoContext, Result};
 use crate::staging::{Item, Staging};
@@ -81,40 +81,84 @@ pub fn unpack_layer<R: Read>(
     r
 }
 
+fn media_kind(media_type: &str) -> Result<CompressionKind> {
+    CompressionKind::from_media_type(media_type)
+        .ok_or_else(|| Error::Image(format!("unsupported layer media type `{media_type}`")))
+}
+
+/// What the bytes of one layer turned out to be, before any comparison.
+struct Read_ {
+    /// Parse/unpack outcome: entries, diff_id, uncompressed size.
+    inner: Result<(usize, String, u64)>,
+    /// Whether the blob was read to its end.
+    drained: io::Result<u64>,
+    digest: String,
+    size: u64,
+}
+
+fn read_layer<R: Read>(reader: R, kind: CompressionKind, staging: &Staging) -> Read_ {
+    // Both sha256 on helper threads, as in the encoder: this thread only decompresses,
+    // parses and writes.
+    std::thread::scope(|s| {
+        let mut outer = OffloadHashingReader::new(s, reader);
+        let inner = (|| -> Result<(usize, Option<(String, u64)>)> {
+            if kind == CompressionKind::None {
+                // The blob is the tar: one hash serves both digests.
+                let entries = read_layer_tar(&mut outer, staging)?;
+                return Ok((entries, None));
+            }
+            let decompressed: Box<dyn Read + '_> = match kind {
+                CompressionKind::Zstd => Box::new(
+                    zstd::stream::read::Decoder::new(&mut outer).ctx(|| "zstd decoder".into())?,
+                ),
+                CompressionKind::Gzip => Box::new(flate2::read::GzDecoder::new(&mut outer)),
+                CompressionKind::None => unreachable!("handled above"),
+            };
+            let mut inner = OffloadHashingReader::new(s, decompressed);
+            let entries = read_layer_tar(&mut inner, staging)?;
+            // The tar parser stops at the first end block; the digest covers everything.
+            io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
+            let (_, diff_id, n) = inner.finish().ctx(|| "layer: hash".into())?;
+            Ok((entries, Some((diff_id, n))))
+        })();
+        // Read the blob to its end even after an error: when the bytes are not the ones
+        // the manifest names, that (not whatever the corruption made the parser trip
+        // over) is the error to report.
+        let mut drained = io::copy(&mut outer, &mut io::sink());
+        let (digest, size) = match outer.finish() {
+            Ok((_, d, n)) => (d, n),
+            Err(e) => {
+                drained = Err(e);
+                (String::new(), 0)
+            }
+        };
+        let inner = inner.map(|(entries, unpacked)| {
+            let (diff_id, n) = unpacked.unwrap_or_else(|| (digest.clone(), size));
+            (entries, diff_id, n)
+        });
+        Read_ {
+            inner,
+            drained,
+            digest,
+            size,
+        }
+    })
+}
+
 fn unpack_inner<R: Read>(
     reader: R,
     expected: &ExpectedLayer,
     staging: &Staging,
 ) -> Result<LayerStats> {
     crate::digest::digest_hex(&expected.digest)?;
-    let kind = CompressionKind::from_media_type(&expected.media_type).ok_or_else(|| {
-        Error::Image(format!(
-            "unsupported layer media type `{}`",
-            expected.media_type
-        ))
-    })?;
-    let mut outer = HashingReader::new(reader);
-    let inner_result = (|| -> Result<(usize, String, u64)> {
-        let decompressed: Box<dyn Read + '_> = match kind {
-            CompressionKind::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(&mut outer).ctx(|| "zstd decoder".into())?,
-            ),
-            CompressionKind::Gzip => Box::new(flate2::read::GzDecoder::new(&mut outer)),
-            CompressionKind::None => Box::new(&mut outer),
-        };
-        let mut inner = HashingReader::new(decompressed);
-        let entries = read_layer_tar(&mut inner, staging)?;
-        // The tar parser stops at the first end block; the digest covers everything.
-        io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
-        let (_, diff_id, n) = inner.finish();
-        Ok((entries, diff_id, n))
-    })();
-    // Read the blob to its end even after an error: when the bytes are not the ones the
-    // manifest names, that (not whatever the corruption made the parser trip over) is
-    // the error to report.
-    let drained = io::copy(&mut outer, &mut io::sink());
-    let (_, digest, size) = outer.finish();
-    let (entries, diff_id, uncompressed) = match inner_result {
+    let kind = media_kind(&expected.media_type)?;
+    let Read_ {
+        inner,
+        drained,
+        digest,
+        size,
+    } = read_layer(reader, kind, staging);
+    let (entries, diff_id, uncompressed) = match inner {
         Ok(v) => v,
         Err(e) => {
             if drained.is_ok() && digest != expected.digest {
@@ -128,35 +172,118 @@ fn unpack_inner<R: Read>(
         }
     };
     drained.ctx(|| "layer: read to end".into())?;
-    if digest != expected.digest {
-        return Err(Error::DigestMismatch {
-            what: "layer (compressed)",
-            expected: expected.digest.clone(),
-            actual: digest,
-        });
-    }
-    if size != expected.size {
-        return Err(Error::SizeMismatch {
-            what: "layer",
-            expected: expected.size,
-            actual: size,
-        });
-    }
-    if let Some(want) = &expected.diff_id
-        && *want != diff_id
-    {
-        return Err(Error::DigestMismatch {
-            what: "layer diff_id (uncompressed)",
-            expected: want.clone(),
-            actual: diff_id,
-        });
-    }
+    let actual = ExpectedLayer {
+        media_type: expected.media_type.clone(),
+        digest,
+        size,
+        diff_id: Some(diff_id),
+    };
+    check_layer(expected, &actual)?;
     debug!(digest = %expected.digest, entries, "layer verified");
     Ok(LayerStats {
         entries,
         compressed_size: size,
         uncompressed_size: uncompressed,
     })
+}
+
+/// Compares what a layer hashed to (`actual`, from the bytes) with what it should
+/// (`expected`, from a manifest or the sender).
+fn check_layer(expected: &ExpectedLayer, actual: &ExpectedLayer) -> Result<()> {
+    if actual.digest != expected.digest {
+        return Err(Error::DigestMismatch {
+            what: "layer (compressed)",
+            expected: expected.digest.clone(),
+            actual: actual.digest.clone(),
+        });
+    }
+    if actual.size != expected.size {
+        return Err(Error::SizeMismatch {
+            what: "layer",
+            expected: expected.size,
+            actual: actual.size,
+        });
+    }
+    if actual.media_type != expected.media_type {
+        return Err(Error::Image(format!(
+            "layer {}: media type `{}`, announced `{}`",
+            expected.digest, actual.media_type, expected.media_type
+        )));
+    }
+    if let (Some(want), Some(got)) = (&expected.diff_id, &actual.diff_id)
+        && want != got
+    {
+        return Err(Error::DigestMismatch {
+            what: "layer diff_id (uncompressed)",
+            expected: want.clone(),
+            actual: got.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Layers whose digests are known only once their last byte has been read (Direct mode:
+/// the sender's encoder learns them at the end of the stream). The hostile-entry rules
+/// apply while streaming as for [`unpack_layer`]; the digests are checked afterwards by
+/// [`Staging::confirm_layer`], and [`Staging::commit`] refuses while any layer unpacked
+/// this way is unconfirmed, so unverified bytes are never committed.
+impl Staging {
+    /// Unpacks a layer of `media_type` into the staging directory without knowing its
+    /// digests, and returns what they are (digest, size, diff_id) with the unpack
+    /// figures. Call [`Staging::confirm_layer`] with the announced digests before
+    /// committing. Any error marks the staging as failed.
+    pub fn unpack_layer_unverified<R: Read>(
+        &self,
+        reader: R,
+        media_type: &str,
+    ) -> Result<(ExpectedLayer, LayerStats)> {
+        self.begin_unverified();
+        let r = (|| {
+            let kind = media_kind(media_type)?;
+            let Read_ {
+                inner,
+                drained,
+                digest,
+                size,
+            } = read_layer(reader, kind, self);
+            let (entries, diff_id, uncompressed) = inner?;
+            drained.ctx(|| "layer: read to end".into())?;
+            Ok((
+                ExpectedLayer {
+                    media_type: media_type.to_owned(),
+                    digest,
+                    size,
+                    diff_id: Some(diff_id),
+                },
+                LayerStats {
+                    entries,
+                    compressed_size: size,
+                    uncompressed_size: uncompressed,
+                },
+            ))
+        })();
+        if r.is_err() {
+            self.fail();
+        }
+        r
+    }
+
+    /// Checks a layer unpacked by [`Staging::unpack_layer_unverified`] (`actual`, as it
+    /// returned it) against the digests announced for it. A mismatch marks the staging
+    /// as failed; a match releases the layer for commit.
+    pub fn confirm_layer(&self, announced: &ExpectedLayer, actual: &ExpectedLayer) -> Result<()> {
+        let r = crate::digest::digest_hex(&announced.digest)
+            .map(drop)
+            .and_then(|()| check_layer(announced, actual));
+        match &r {
+            Ok(()) => {
+                self.end_unverified();
+                debug!(digest = %announced.digest, "layer verified after unpacking");
+            }
+            Err(_) => self.fail(),
+        }
+        r
+    }
 }
 
 /// Pending meta entries for the next real entry.
@@ -344,4 +471,63 @@ fn parse_pax_num(v: &[u8], path: &[u8]) -> Result<u64> {
         .ok()
         .and_then(|s| s.trim().parse::<u64>().ok())
         .ok_or_else(|| Error::malformed(String::from_utf8_lossy(path), "bad PAX number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+
+    fn one_file_layer() -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        b.append_data(&mut h, "pages-1.img", &b"hello"[..]).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn staging(dir: &std::path::Path, name: &str) -> Staging {
+        let mut s = Staging::new(dir.join(name)).unwrap();
+        s.set_preserve_ownership(false);
+        s
+    }
+
+    #[test]
+    fn deferred_digest_commits_only_after_confirmation() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = one_file_layer();
+
+        let s = staging(dir.path(), "unconfirmed");
+        s.unpack_layer_unverified(&layer[..], TAR).unwrap();
+        let e = s.commit().unwrap_err();
+        assert!(e.to_string().contains("not verified"), "{e}");
+
+        let s = staging(dir.path(), "ok");
+        let (actual, stats) = s.unpack_layer_unverified(&layer[..], TAR).unwrap();
+        assert_eq!(actual.digest, crate::digest::sha256_digest(&layer));
+        assert_eq!(actual.size, layer.len() as u64);
+        assert_eq!(stats.entries, 1);
+        s.confirm_layer(&actual.clone(), &actual).unwrap();
+        let out = s.commit().unwrap();
+        assert_eq!(std::fs::read(out.join("pages-1.img")).unwrap(), b"hello");
+
+        let s = staging(dir.path(), "lied");
+        let (actual, _) = s.unpack_layer_unverified(&layer[..], TAR).unwrap();
+        let mut announced = actual.clone();
+        announced.digest = format!("sha256:{}", "ab".repeat(32));
+        let e = s.confirm_layer(&announced, &actual).unwrap_err();
+        assert!(matches!(e, Error::DigestMismatch { .. }), "{e}");
+        assert!(s.commit().is_err());
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["ok".to_string()]);
+    }
 }

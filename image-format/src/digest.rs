@@ -149,32 +149,33 @@ impl<W: Write> Write for OffloadHashingWriter<'_, W> {
     }
 }
 
-/// Hashes and counts everything read through it.
-pub(crate) struct HashingReader<R> {
+/// Hashes and counts everything read through it, with the sha256 on a helper thread of
+/// `scope` (the decoder's counterpart of [`OffloadHashingWriter`]): the reading thread
+/// only copies each chunk once more, so decompressing, unpacking and the two digests of
+/// a layer use two cores instead of one.
+pub(crate) struct OffloadHashingReader<'scope, R> {
     inner: R,
-    hasher: Sha256,
-    count: u64,
+    hasher: OffloadHashingWriter<'scope, io::Sink>,
 }
 
-impl<R: Read> HashingReader<R> {
-    pub(crate) fn new(inner: R) -> Self {
-        HashingReader {
+impl<'scope, R: Read> OffloadHashingReader<'scope, R> {
+    pub(crate) fn new<'env>(scope: &'scope Scope<'scope, 'env>, inner: R) -> Self {
+        OffloadHashingReader {
             inner,
-            hasher: Sha256::new(),
-            count: 0,
+            hasher: OffloadHashingWriter::new(scope, io::sink()),
         }
     }
 
-    pub(crate) fn finish(self) -> (R, String, u64) {
-        (self.inner, format_digest(self.hasher), self.count)
+    pub(crate) fn finish(self) -> io::Result<(R, String, u64)> {
+        let (_, digest, n) = self.hasher.finish()?;
+        Ok((self.inner, digest, n))
     }
 }
 
-impl<R: Read> Read for HashingReader<R> {
+impl<R: Read> Read for OffloadHashingReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.count += n as u64;
+        self.hasher.hash(&buf[..n])?;
         Ok(n)
     }
 }
@@ -192,6 +193,21 @@ mod tests {
                 w.write_all(piece).unwrap();
             }
             w.finish().unwrap()
+        });
+        assert_eq!(out, data);
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(d, sha256_digest(&data));
+    }
+
+    #[test]
+    fn offloaded_reader_hash_matches() {
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let (out, d, n) = std::thread::scope(|s| {
+            let mut r = OffloadHashingReader::new(s, &data[..]);
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            let (_, d, n) = r.finish().unwrap();
+            (out, d, n)
         });
         assert_eq!(out, data);
         assert_eq!(n, data.len() as u64);

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::{debug, warn};
@@ -81,6 +81,8 @@ pub struct Staging {
     preserve_ownership: bool,
     state: Mutex<State>,
     failed: AtomicBool,
+    /// Layers unpacked before their digests were known and not yet confirmed.
+    unverified: AtomicUsize,
     chown_warned: AtomicBool,
     committed: bool,
 }
@@ -134,6 +136,7 @@ impl Staging {
             preserve_ownership: true,
             state: Mutex::new(State::default()),
             failed: AtomicBool::new(false),
+            unverified: AtomicUsize::new(0),
             chown_warned: AtomicBool::new(false),
             committed: false,
         })
@@ -162,6 +165,15 @@ impl Staging {
             return Err(Error::Staging {
                 path: self.dest.clone(),
                 reason: "a layer failed; refusing to commit".into(),
+            });
+        }
+        let unverified = self.unverified.load(Ordering::SeqCst);
+        if unverified > 0 {
+            return Err(Error::Staging {
+                path: self.dest.clone(),
+                reason: format!(
+                    "{unverified} layer(s) unpacked but not verified; refusing to commit"
+                ),
             });
         }
         let (dirs, splits) = {
@@ -216,6 +228,17 @@ impl Staging {
 
     pub(crate) fn fail(&self) {
         self.failed.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn begin_unverified(&self) {
+        self.unverified.fetch_add(1, Ordering::SeqCst);
+    }
+
+    pub(crate) fn end_unverified(&self) {
+        // Never below zero, whatever a caller confirms.
+        let _ = self
+            .unverified
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
     fn chown(&self, full: &Path, entry: &str, uid: u64, gid: u64) -> Result<()> {
@@ -468,7 +491,7 @@ impl Staging {
         let mut left = length;
         while left > 0 {
             let want = (buf.len() as u64).min(left) as usize;
-            let n = match data.read(&mut buf[..want]) {
+            let n = match fill(data, &mut buf[..want]) {
                 Ok(0) => {
                     return Err(Error::io(
                         format!("read `{path}`"),
@@ -476,7 +499,6 @@ impl Staging {
                     ));
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(Error::io(format!("read `{path}`"), e)),
             };
             file.write_all_at(&buf[..n], at)
@@ -523,19 +545,32 @@ fn copy_exact(
     let mut left = size;
     while left > 0 {
         let want = (buf.len() as u64).min(left) as usize;
-        let n = match src.read(&mut buf[..want]) {
-            Ok(0) => {
+        let n = match fill(src, &mut buf[..want])? {
+            0 => {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "layer ended inside a file",
                 ));
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
+            n => n,
         };
         dst.write_all(&buf[..n])?;
         left -= n as u64;
     }
     Ok(())
+}
+
+/// Reads until `buf` is full or the source ends: decompressors and network chunks hand
+/// out a few hundred KiB at a time, and one write per full buffer halves the syscalls.
+fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }

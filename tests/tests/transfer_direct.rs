@@ -186,3 +186,71 @@ async fn a_lying_or_truncated_stream_leaves_nothing() {
         dir_names(&target_dir)
     );
 }
+
+/// The receiver unpacks a layer while it streams and learns its digests only from the
+/// END frame after the body: a real zstd layer whose announced digest (or diff_id) is
+/// not its own must be refused and leave nothing, the same layer announced truthfully
+/// must be committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_announced_after_the_body_are_enforced() {
+    use ms2m_image_format::{Compression, encode_layer, plan_layers};
+
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "late-digest", 3 * 1024 * 1024 + 7);
+    let target_dir = work.path().join("target-node");
+    std::fs::create_dir(&target_dir).unwrap();
+    let url = serve(target_dir.clone()).await;
+
+    let archive = open_archive(&src).await.unwrap();
+    let (layer, desc) = tokio::task::spawn_blocking(move || {
+        let plan = plan_layers(&archive, 1).remove(0);
+        let mut out = Vec::new();
+        let compression = Compression::Zstd {
+            level: 1,
+            workers: 0,
+        };
+        let desc = encode_layer(&archive, &plan, &compression, &mut out).unwrap();
+        (out, desc)
+    })
+    .await
+    .unwrap();
+    let body_with = |desc: &ms2m_image_format::LayerDescriptor| {
+        let mut body = Vec::new();
+        for c in layer.chunks(100_000) {
+            body.extend(frame(1, 0, c));
+        }
+        body.extend(frame(2, 0, &serde_json::to_vec(desc).unwrap()));
+        body.extend(frame(3, 0, br#"{"layers":1}"#));
+        body
+    };
+
+    let mut wrong_digest = desc.clone();
+    wrong_digest.digest = format!("sha256:{}", "cd".repeat(32));
+    let mut wrong_diff_id = desc.clone();
+    wrong_diff_id.diff_id = format!("sha256:{}", "ef".repeat(32));
+    for (id, lie) in [("lie-digest", wrong_digest), ("lie-diff-id", wrong_diff_id)] {
+        let (u, body) = (url.clone(), body_with(&lie));
+        let (status, msg) = tokio::task::spawn_blocking(move || raw_put(&u, id, &body))
+            .await
+            .unwrap();
+        assert_eq!(status, 422, "{id}: {msg}");
+        assert!(msg.contains("digest mismatch"), "{id}: {msg}");
+        assert!(
+            dir_names(&target_dir).is_empty(),
+            "{id} left {:?}",
+            dir_names(&target_dir)
+        );
+    }
+
+    let (u, body) = (url.clone(), body_with(&desc));
+    let (status, msg) = tokio::task::spawn_blocking(move || raw_put(&u, "truthful", &body))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{msg}");
+    assert_eq!(dir_names(&target_dir), vec!["truthful".to_string()]);
+    assert_eq!(
+        tree_listing(&src),
+        tree_listing(&target_dir.join("truthful"))
+    );
+}

@@ -6,14 +6,12 @@
 //! one bounded channel that is the request body; an END frame carries the layer's
 //! descriptor once the encoder knows its digests; DONE closes the stream.
 //!
-//! Receiver: the image-format decoder must be told the expected digest before it reads
-//! (it verifies as it unpacks), and in Direct mode that digest only arrives after the
-//! layer's last byte. Until the decoder can verify against a digest given at the end,
-//! the receiver spools each layer's compressed bytes beside the destination (about half
-//! the archive size, in the page cache on any sized node), then unpacks every layer in
-//! parallel with the full verification (digest, size, diff_id, hostile entries) into a
-//! staging directory that is committed only when all of them passed. Spool files are
-//! removed in every case.
+//! Receiver: in Direct mode a layer's digests arrive after its last byte, so each layer
+//! is unpacked as it streams in (hostile-entry rules applied on the fly) into a staging
+//! directory with the image-format decoder's deferred verification
+//! (`Staging::unpack_layer_unverified`), then confirmed against the END frame; the
+//! staging is committed only when every layer matched and DONE arrived, and removed
+//! otherwise. No spool file: the bytes are written once, where they end up.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,8 +22,8 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use ms2m_image_format::{
-    Archive, Compression, ExpectedLayer, LayerDescriptor, Staging, encode_layer, plan_layers,
-    unpack_layer,
+    Archive, Compression, ExpectedLayer, LayerDescriptor, LayerStats, MEDIA_TYPE_LAYER_GZIP,
+    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, Staging, encode_layer, plan_layers,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -362,27 +360,36 @@ pub fn check_destination(dest: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes the spool files however `receive` ends.
-struct Spool {
-    paths: Vec<PathBuf>,
-}
-
-impl Drop for Spool {
-    fn drop(&mut self) {
-        for p in &self.paths {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
+type Unpacked = Result<(ExpectedLayer, LayerStats), Error>;
 
 struct LayerIn {
     tx: Option<mpsc::Sender<ChannelItem>>,
-    writer: tokio::task::JoinHandle<Result<u64, Error>>,
+    /// Started at the layer's first frame (layers interleave, in any order).
+    unpacker: Option<tokio::task::JoinHandle<Unpacked>>,
     desc: Option<LayerDescriptor>,
+}
+
+/// The layer's compression, from its first bytes: the decoder must pick a decompressor
+/// before the END frame names the media type. The announced media type is compared with
+/// this one when the layer is confirmed, so a wrong guess only fails the transfer.
+fn sniff_media_type(first: &[u8]) -> &'static str {
+    if first.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        MEDIA_TYPE_LAYER_ZSTD
+    } else if first.starts_with(&[0x1f, 0x8b]) {
+        MEDIA_TYPE_LAYER_GZIP
+    } else {
+        MEDIA_TYPE_LAYER_TAR
+    }
 }
 
 /// Receives a Direct-mode stream into `dest` (which must not exist; its parent must).
 /// Generic over the body so the daemon can pass axum's/hyper's request body as is.
+///
+/// Each layer is unpacked into one staging directory as its bytes arrive (one decoder
+/// thread per layer, hostile-entry rules applied while streaming); its digests are
+/// checked against the END frame once both are in, and the staging is committed only
+/// when every layer matched and DONE arrived. Whatever fails, every decoder is ended and
+/// the staging removed before this returns.
 pub async fn receive<B>(dest: &Path, headers: &http::HeaderMap, body: B) -> Result<Received, Error>
 where
     B: http_body::Body<Data = Bytes> + Send + Unpin,
@@ -397,28 +404,92 @@ where
             "Content-Type must be {CONTENT_TYPE}, got {ct:?}"
         )));
     }
-    let parent = dest
-        .parent()
-        .filter(|p| p.is_dir())
-        .ok_or_else(|| Error::Protocol(format!("{}: parent directory missing", dest.display())))?;
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .ok_or_else(|| Error::Protocol(format!("{}: no file name", dest.display())))?;
-    if dest.exists() {
+    check_destination(dest)?;
+    let dest_buf = dest.to_path_buf();
+    let staging = Arc::new(
+        tokio::task::spawn_blocking(move || Staging::new(&dest_buf))
+            .await
+            .map_err(|e| Error::Internal(format!("staging thread: {e}")))??,
+    );
+    let mut layers: Vec<LayerIn> = Vec::new();
+    let mut received = 0u64;
+    let read = read_frames(body, &staging, &mut layers, &mut received).await;
+
+    // End every decoder (EOF, or an error marker when the stream broke) and wait for
+    // them, so that no thread still writes into the staging when it is judged.
+    let mut outcomes = Vec::with_capacity(layers.len());
+    let mut descs = Vec::with_capacity(layers.len());
+    for l in layers {
+        if let Some(tx) = l.tx
+            && read.is_err()
+        {
+            let _ = tx.try_send(ChannelItem::Error("direct stream failed".into()));
+        }
+        outcomes.push(match l.unpacker {
+            Some(u) => u
+                .await
+                .unwrap_or_else(|e| Err(Error::Internal(format!("unpack thread: {e}")))),
+            None => Err(Error::Protocol("a layer index without frames".into())),
+        });
+        descs.push(l.desc);
+    }
+    let done = match read {
+        Ok(Some(done)) => done,
+        Ok(None) => {
+            // A decoder stopped reading: its error is the cause.
+            return Err(outcomes
+                .into_iter()
+                .find_map(Result::err)
+                .unwrap_or_else(|| Error::Internal("a layer decoder stopped early".into())));
+        }
+        Err(e) => return Err(e),
+    };
+    if done.layers != descs.len() || done.layers == 0 {
         return Err(Error::Protocol(format!(
-            "{} already exists",
-            dest.display()
+            "DONE announces {} layers, stream had {}",
+            done.layers,
+            descs.len()
         )));
     }
-    let mut spool = Spool { paths: Vec::new() };
-    let mut layers: Vec<LayerIn> = Vec::new();
-    let mut buf = BytesMut::new();
-    let mut body = body;
-    let mut received = 0u64;
-    let mut done: Option<Done> = None;
+    let mut size_bytes = 0;
+    let mut digests = Vec::with_capacity(descs.len());
+    for (i, (outcome, desc)) in outcomes.into_iter().zip(descs).enumerate() {
+        let (actual, stats) = outcome?;
+        let d = desc.ok_or_else(|| Error::Protocol(format!("layer {i} has no END")))?;
+        staging.confirm_layer(&ExpectedLayer::from(&d), &actual)?;
+        debug!(layer = i, digest = %d.digest, entries = stats.entries, "layer received");
+        size_bytes += stats.uncompressed_size;
+        digests.push(d.digest);
+    }
+    let staging =
+        Arc::try_unwrap(staging).map_err(|_| Error::Internal("staging still shared".into()))?;
+    let path = tokio::task::spawn_blocking(move || staging.commit())
+        .await
+        .map_err(|e| Error::Internal(format!("commit thread: {e}")))??;
+    info!(path = %path.display(), size_bytes, received, "direct receive done");
+    Ok(Received {
+        path,
+        size_bytes,
+        bytes_received: received,
+        layers: digests,
+    })
+}
 
-    'read: loop {
+/// Reads frames until the body ends, feeding each layer's decoder. `Ok(None)`: a decoder
+/// stopped taking data (its own error says why).
+async fn read_frames<B>(
+    mut body: B,
+    staging: &Arc<Staging>,
+    layers: &mut Vec<LayerIn>,
+    received: &mut u64,
+) -> Result<Option<Done>, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let mut buf = BytesMut::new();
+    let mut done: Option<Done> = None;
+    loop {
         // Parse every complete frame in the buffer.
         while buf.len() >= HEADER {
             let kind = buf[0];
@@ -448,37 +519,34 @@ where
                         return Err(Error::Protocol(format!("layer {layer} out of range")));
                     }
                     while layers.len() <= layer {
-                        let i = layers.len();
-                        let path = parent.join(format!(".{name}.ms2m-direct-{i}.part"));
-                        let file = std::fs::OpenOptions::new()
-                            .write(true)
-                            .create_new(true)
-                            .open(&path)
-                            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-                        spool.paths.push(path);
-                        let (tx, rx) = mpsc::channel(DEPTH);
-                        let writer = tokio::task::spawn_blocking(move || {
-                            let mut r = ChannelReader::new(rx);
-                            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
-                            let n = std::io::copy(&mut r, &mut w)
-                                .map_err(|e| Error::io("spooling layer", e))?;
-                            w.flush().map_err(|e| Error::io("spooling layer", e))?;
-                            Ok(n)
-                        });
                         layers.push(LayerIn {
-                            tx: Some(tx),
-                            writer,
+                            tx: None,
+                            unpacker: None,
                             desc: None,
                         });
                     }
                     let l = &mut layers[layer];
+                    if l.unpacker.is_none() {
+                        let media_type = if kind == KIND_DATA {
+                            sniff_media_type(&payload)
+                        } else {
+                            MEDIA_TYPE_LAYER_TAR
+                        };
+                        let (tx, rx) = mpsc::channel(DEPTH);
+                        let staging = staging.clone();
+                        l.unpacker = Some(tokio::task::spawn_blocking(move || {
+                            Ok(staging
+                                .unpack_layer_unverified(ChannelReader::new(rx), media_type)?)
+                        }));
+                        l.tx = Some(tx);
+                    }
                     if kind == KIND_DATA {
-                        received += payload.len() as u64;
+                        *received += payload.len() as u64;
                         let tx = l.tx.as_ref().ok_or_else(|| {
                             Error::Protocol(format!("layer {layer}: data after END"))
                         })?;
                         if tx.send(ChannelItem::Data(payload)).await.is_err() {
-                            break 'read;
+                            return Ok(None);
                         }
                     } else {
                         let d: LayerDescriptor = serde_json::from_slice(&payload)
@@ -487,6 +555,7 @@ where
                             return Err(Error::Protocol(format!("layer {layer}: second END")));
                         }
                         l.desc = Some(d);
+                        // EOF for the decoder: the layer is complete.
                         l.tx = None;
                     }
                 }
@@ -512,76 +581,8 @@ where
     if !buf.is_empty() {
         return Err(Error::Protocol(format!("{} trailing bytes", buf.len())));
     }
-    let done = done.ok_or_else(|| Error::Protocol("stream ended without DONE".into()))?;
-    if done.layers != layers.len() || done.layers == 0 {
-        return Err(Error::Protocol(format!(
-            "DONE announces {} layers, stream had {}",
-            done.layers,
-            layers.len()
-        )));
-    }
-    let mut expected = Vec::new();
-    for (i, l) in layers.into_iter().enumerate() {
-        drop(l.tx);
-        let written = l
-            .writer
-            .await
-            .map_err(|e| Error::Internal(format!("spool thread: {e}")))??;
-        let d = l
-            .desc
-            .ok_or_else(|| Error::Protocol(format!("layer {i} has no END")))?;
-        debug!(layer = i, written, digest = %d.digest, "layer spooled");
-        expected.push(d);
-    }
-
-    let dest_buf = dest.to_path_buf();
-    let staging = Arc::new(
-        tokio::task::spawn_blocking(move || Staging::new(&dest_buf))
-            .await
-            .map_err(|e| Error::Internal(format!("staging thread: {e}")))??,
-    );
-    let mut unpackers = Vec::new();
-    for (d, path) in expected.iter().zip(&spool.paths) {
-        let (exp, staging, path) = (ExpectedLayer::from(d), staging.clone(), path.clone());
-        unpackers.push(tokio::task::spawn_blocking(move || {
-            let f = std::fs::File::open(&path)
-                .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
-            Ok::<_, Error>(unpack_layer(
-                std::io::BufReader::with_capacity(1 << 20, f),
-                &exp,
-                &staging,
-            )?)
-        }));
-    }
-    let mut size_bytes = 0;
-    let mut first_err = None;
-    for u in unpackers {
-        match u.await {
-            Ok(Ok(stats)) => size_bytes += stats.uncompressed_size,
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(Error::Internal(format!("unpack thread: {e}")));
-            }
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
-    let staging =
-        Arc::try_unwrap(staging).map_err(|_| Error::Internal("staging still shared".into()))?;
-    let path = tokio::task::spawn_blocking(move || staging.commit())
-        .await
-        .map_err(|e| Error::Internal(format!("commit thread: {e}")))??;
-    drop(spool);
-    info!(path = %path.display(), size_bytes, received, "direct receive done");
-    Ok(Received {
-        path,
-        size_bytes,
-        bytes_received: received,
-        layers: expected.into_iter().map(|d| d.digest).collect(),
-    })
+    done.map(Some)
+        .ok_or_else(|| Error::Protocol("stream ended without DONE".into()))
 }
 
 #[cfg(test)]

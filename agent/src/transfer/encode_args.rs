@@ -19,7 +19,7 @@ pub struct EncodeArgs {
     /// Compression level (zstd 1..19, gzip 0..9; default 1).
     #[arg(long)]
     pub level: Option<i32>,
-    /// libzstd worker threads per layer (default: cores / layers, at least 1).
+    /// libzstd worker threads per layer (default: 0, compression on the encoder thread).
     #[arg(long)]
     pub zstd_workers: Option<u32>,
 }

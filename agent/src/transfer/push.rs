@@ -50,16 +50,14 @@ pub fn default_layers() -> usize {
         .clamp(2, 4)
 }
 
-/// zstd level 1 (≈1 GB/s a core, ratio ≈0.5 on heaps). Each layer's encoder thread
-/// already keeps one core busy with tar + hashing, so libzstd gets the cores the other
-/// layers leave: one worker each when there are as many layers as cores.
-pub fn default_compression(layers: usize) -> Compression {
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+/// zstd level 1 (≈1 GB/s a core, ratio ≈0.5 on heaps), compressed on each layer's
+/// encoder thread (`workers: 0`) with both sha256 on helper threads. libzstd workers
+/// (one per layer when layers = cores) add a copy and thread hand-offs that lose on a
+/// busy 2-core node; measured in `docs/transfer.md`. `--zstd-workers` still sets them.
+pub fn default_compression(_layers: usize) -> Compression {
     Compression::Zstd {
         level: 1,
-        workers: (cores / layers.max(1)).max(1) as u32,
+        workers: 0,
     }
 }
 
@@ -258,6 +256,13 @@ mod tests {
         let o = PushOptions::default();
         assert!((2..=4).contains(&o.layers));
         assert_eq!(o.parallel, o.layers);
-        assert!(matches!(o.compression, Compression::Zstd { level: 1, workers } if workers >= 1));
+        // Compression on the encoder threads, hashes beside them (see default_compression).
+        assert!(matches!(
+            o.compression,
+            Compression::Zstd {
+                level: 1,
+                workers: 0
+            }
+        ));
     }
 }
