@@ -4,6 +4,8 @@
 #   scripts/services.sh start   -> prints `export VAR=...` lines for the test env
 #   scripts/services.sh stop
 #   scripts/services.sh env     -> the same export lines, without starting anything
+#   scripts/services.sh rabbitmq-start | rabbitmq-stop -> the broker alone (tests that
+#     restart a private broker: same run dir, so durable queues survive the restart)
 # State lives under $MS2M_RUN_DIR (default: <repo>/.run). Idempotent: start leaves
 # running services alone, stop is a no-op when nothing runs.
 set -euo pipefail
@@ -89,6 +91,13 @@ stop_one() { # dir what
   rm -f "$d/pid"
 }
 
+stop_rabbitmq() {
+  stop_one "$RUN/rabbitmq" rabbitmq
+  # epmd daemonizes out of the broker's process group; ours has its own port, so ask
+  # that one to exit (matching process names would miss `epmd -daemon`).
+  ERL_EPMD_PORT=$((AMQP_PORT + 21000)) epmd -kill >/dev/null 2>&1 || true
+}
+
 print_env() {
   echo "export MS2M_TEST_REGISTRY=127.0.0.1:$REG_PORT"
   echo "export MS2M_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
@@ -97,11 +106,9 @@ print_env() {
 
 case "${1:-}" in
   start) start_registry; start_rabbitmq; print_env ;;
-  stop)
-    stop_one "$RUN/registry" registry
-    stop_one "$RUN/rabbitmq" rabbitmq
-    # epmd outlives the broker's group when it was started first; only ours (our port).
-    pkill -f "epmd.*-port $((AMQP_PORT + 21000))" 2>/dev/null || true ;;
+  stop) stop_one "$RUN/registry" registry; stop_rabbitmq ;;
   env) print_env ;;
-  *) die "usage: $0 start|stop|env" ;;
+  rabbitmq-start) start_rabbitmq ;;
+  rabbitmq-stop) stop_rabbitmq ;;
+  *) die "usage: $0 start|stop|env|rabbitmq-start|rabbitmq-stop" ;;
 esac

@@ -1,6 +1,7 @@
 //! The shim's AMQP side against the real rabbitmq-server at MS2M_TEST_AMQP_URL: topology,
-//! control messages received by a real consumer, depth polling, and a connection cut in
-//! the middle of a replay (through a TCP proxy the test owns).
+//! control messages received by a real consumer, depth polling, a connection cut in the
+//! middle of a replay (through a TCP proxy the test owns), and a real broker restart
+//! mid-replay (a private rabbitmq-server started through scripts/services.sh).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -381,4 +382,124 @@ async fn a_connection_cut_mid_replay_is_reopened_without_repeating_a_side_effect
 
     proxy.task.abort();
     b.cleanup(&[&q.primary, &q.control], &q.exchange).await;
+}
+
+/// A rabbitmq-server of this test's own (`scripts/services.sh rabbitmq-start` with a
+/// private run dir and ports), so it can be stopped without touching the shared one.
+struct PrivateBroker {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivateBroker {
+    /// The script also uses port+20000 (Erlang distribution) and port+21000 (epmd).
+    fn free_port() -> u16 {
+        let seed = std::process::id() as u64
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos() as u64;
+        (0..200)
+            .map(|i| 12000 + ((seed + i * 7919) % 30000) as u16)
+            .find(|p| {
+                [*p, p + 20000, p + 21000]
+                    .iter()
+                    .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
+            })
+            .expect("no free loopback port triple for a private rabbitmq-server")
+    }
+
+    async fn start() -> Self {
+        let b = Self {
+            dir: tempfile::tempdir().unwrap(),
+            port: Self::free_port(),
+        };
+        b.run("rabbitmq-start").await;
+        b
+    }
+
+    /// `rabbitmq-start` / `rabbitmq-stop` on this broker's run dir (the mnesia dir with
+    /// it, so durable queues survive a stop and start).
+    async fn run(&self, action: &'static str) {
+        let (dir, port) = (self.dir.path().to_owned(), self.port);
+        tokio::task::spawn_blocking(move || services(&dir, port, action))
+            .await
+            .expect("services.sh ran");
+    }
+    fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        services(self.dir.path(), self.port, "rabbitmq-stop");
+    }
+}
+
+fn services(dir: &std::path::Path, port: u16, action: &str) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/services.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(action)
+        .env("MS2M_RUN_DIR", dir)
+        .env("MS2M_AMQP_PORT", port.to_string())
+        .output()
+        .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/services.sh {action} failed (rabbitmq-server installed? scripts/setup.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn a_broker_restart_mid_replay_keeps_the_replay_queue_and_repeats_no_control_message() {
+    let broker = PrivateBroker::start().await;
+    let url = broker.url();
+    let q = names("restart");
+    let publisher = Broker::connect(&url).await;
+    publisher.declare_primary(&q.primary).await;
+    let m = Messaging::new(&url, "restart-test").unwrap();
+    m.ensure_replay_topology(&q).await.unwrap();
+    for seq in 0..5 {
+        publisher.publish(&q.exchange, &q.routing_key, seq).await;
+    }
+    wait_depth(&m, &q.replay, Some(5)).await;
+    m.send_control(&q.control, &ControlMessage::start_replay(&q.replay))
+        .await
+        .unwrap();
+    let _ = publisher.conn.close().await;
+
+    // A real restart: the server closes the connection (320 CONNECTION_FORCED) and the
+    // port stays down until it is back.
+    broker.run("rabbitmq-stop").await;
+    let err = m
+        .queue_depth(&q.replay)
+        .await
+        .expect_err("no broker to answer");
+    assert!(
+        !err.is_permanent(),
+        "a broker that is down is worth retrying: {err}"
+    );
+    broker.run("rabbitmq-start").await;
+
+    // The depth poll resumes on a new connection; the durable replay queue and its
+    // persistent messages survived, and so did the primary queue's.
+    wait_depth(&m, &q.replay, Some(5)).await;
+    assert_eq!(m.queue_depth(&q.primary).await.unwrap(), Some(5));
+    m.send_control(&q.control, &ControlMessage::EndReplay)
+        .await
+        .unwrap();
+    let got = consume(&url, &q.control, 2).await;
+    let types: Vec<&str> = got
+        .iter()
+        .map(|(body, _)| body["type"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(types, ["START_REPLAY", "END_REPLAY"]);
+    assert_eq!(got[0].0["payload"]["queue"], q.replay.as_str());
+    // Nothing repeated: the control queue is empty after the two.
+    wait_depth(&m, &q.control, Some(0)).await;
+    m.delete_replay(&q).await.unwrap();
+    wait_depth(&m, &q.replay, None).await;
 }

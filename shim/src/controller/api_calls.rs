@@ -34,15 +34,17 @@ pub const POD_GET: ApiCall = call("", "pods", "get");
 pub const POD_CREATE: ApiCall = call("", "pods", "create");
 pub const POD_DELETE: ApiCall = call("", "pods", "delete");
 /// Handing a ReplicaSet-owned source's place to the target: the source's deletion cost
-/// and the target's adoption labels.
+/// and the target's adoption labels. Sequential hand-back: the StatefulSet selector's
+/// labels on the target (after the scale-up), so the StatefulSet adopts it.
 pub const POD_PATCH: ApiCall = call("", "pods", "patch");
 /// Finding the agent pod on a node (DaemonSet pods by label).
 pub const POD_LIST: ApiCall = call("", "pods", "list");
 pub const NODE_GET: ApiCall = call("", "nodes", "get");
 /// Agent token and broker URL Secrets.
 pub const SECRET_GET: ApiCall = call("", "secrets", "get");
-/// Sequential strategy: the target is built from the StatefulSet's pod template (the
-/// source pod is gone by then); the StatefulSet is scaled down, and back up on rollback.
+/// Sequential strategy: the target is the StatefulSet's pod built from its template and
+/// revision (the source pod is gone by then); the StatefulSet is scaled down before the
+/// target starts, and back up when the target is handed back (Finalizing) or on rollback.
 pub const STATEFULSET_GET: ApiCall = call("apps", "statefulsets", "get");
 pub const STATEFULSET_SCALE_PATCH: ApiCall = call("apps", "statefulsets/scale", "patch");
 /// kube's event recorder creates events and patches repeated ones into series.

@@ -37,7 +37,7 @@ pub use backends::{AgentDiscovery, Backends, ClusterBackends, MigrationRef};
 
 use crate::crd::{FINALIZER, StatefulMigration};
 use crate::driver::{self, WorldError};
-use crate::engine::{Next, Phase, Plan, QueueNames, Transition};
+use crate::engine::{Next, Phase, Plan, QueueNames, Strategy, Transition};
 use world::KubeWorld;
 
 #[derive(Debug, thiserror::Error)]
@@ -81,8 +81,17 @@ impl Context {
 const MAX_ROUNDS: usize = 16;
 
 /// Derives the engine's plan and names from the object. Names depend on the uid so a
-/// re-created migration never collides with the leftovers of an earlier one.
+/// re-created migration never collides with the leftovers of an earlier one, except a
+/// Sequential target: it is the StatefulSet's pod, under the source's name (so its
+/// control queue is `ms2m.control.<source>`, which is also what the restored consumer,
+/// reading its hostname, listens on).
 pub fn plan_for(m: &StatefulMigration) -> Result<(Plan, MigrationRef)> {
+    let resolved = m.status.as_ref().and_then(|s| s.progress.strategy);
+    plan_with(m, resolved)
+}
+
+/// [`plan_for`] with the strategy resolved so far (`None`: not yet).
+fn plan_with(m: &StatefulMigration, resolved: Option<Strategy>) -> Result<(Plan, MigrationRef)> {
     let ns = m.namespace().ok_or(Error::Incomplete("a namespace"))?;
     let name = m.name_any();
     let uid = m.uid().ok_or(Error::Incomplete("a uid"))?;
@@ -93,11 +102,15 @@ pub fn plan_for(m: &StatefulMigration) -> Result<(Plan, MigrationRef)> {
         .collect();
     let spec = &m.spec;
     let src: String = spec.source_pod.chars().take(50).collect();
-    let target_name = format!(
-        "{}-m{}",
-        src.trim_end_matches(['-', '.']),
-        &short[..5.min(short.len())]
-    );
+    let target_name = if resolved.or(spec.migration_strategy) == Some(Strategy::Sequential) {
+        spec.source_pod.clone()
+    } else {
+        format!(
+            "{}-m{}",
+            src.trim_end_matches(['-', '.']),
+            &short[..5.min(short.len())]
+        )
+    };
     let checkpoint_id: String = format!("{ns}.{name}-{short}").chars().take(128).collect();
     let tag: String = format!("{ns}.{name}-{short}").chars().take(128).collect();
     let mq = &spec.message_queue_config;
@@ -145,8 +158,9 @@ pub async fn reconcile(m: Arc<StatefulMigration>, ctx: Arc<Context>) -> Result<A
 /// Runs engine rounds for one migration. `deleting`: roll back and return once terminal
 /// (the finalizer is removed after that).
 async fn drive(m: &StatefulMigration, ctx: &Arc<Context>, deleting: bool) -> Result<Action> {
-    let (plan, mref) = plan_for(m)?;
+    let (mut plan, mut mref) = plan_for(m)?;
     let mut progress = m.status.clone().map(|s| s.progress).unwrap_or_default();
+    let mut named_for = progress.strategy;
     if progress.phase.is_terminal() {
         ctx.backends.forget(&mref).await;
         return Ok(Action::await_change());
@@ -154,6 +168,15 @@ async fn drive(m: &StatefulMigration, ctx: &Arc<Context>, deleting: bool) -> Res
     let mut world = KubeWorld::new(ctx.clone(), m, mref.clone(), deleting);
     let mut fatal = ctx.fatal.lock().await.remove(&mref.uid);
     for _ in 0..MAX_ROUNDS {
+        if progress.strategy != named_for {
+            named_for = progress.strategy;
+            (plan, mref) = plan_with(m, named_for)?;
+            world.set_ref(mref.clone());
+        }
+        // The engine records the name when it starts, before the strategy is resolved.
+        if progress.target_pod_name.is_some() {
+            progress.target_pod_name = Some(plan.target_name.clone());
+        }
         let res = driver::round(&mut world, &plan, &mut progress, &mut fatal).await;
         if let Some(f) = fatal.take() {
             ctx.fatal.lock().await.insert(mref.uid.clone(), f);

@@ -200,6 +200,27 @@ async fn sequential_refuses_a_statefulset_pod_that_is_not_the_highest_ordinal() 
 }
 
 #[tokio::test]
+async fn sequential_refuses_a_statefulset_that_deletes_its_claims_on_scale_down() {
+    let (ctx, mut api, backends) = test_context();
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("StatefulSet"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        let mut sts = statefulset(1);
+        sts["spec"]["persistentVolumeClaimRetentionPolicy"] = json!({"whenScaled": "Delete"});
+        api.get(STS, sts).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        let reason = st.progress.failure.unwrap().reason;
+        assert!(reason.contains("whenScaled: Delete"), "{reason}");
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    run(migration(None), ctx, scenario).await.unwrap();
+    assert!(backends.calls().is_empty());
+}
+
+#[tokio::test]
 async fn a_stale_status_write_gets_409_and_nothing_else_happens() {
     let (ctx, mut api, backends) = test_context();
     let scenario = tokio::spawn(async move {
@@ -464,63 +485,249 @@ async fn replay_cutoff_stops_the_source_then_finalizes() {
     );
 }
 
-#[tokio::test]
-async fn sequential_scales_the_statefulset_down_and_builds_the_target_from_its_template() {
-    let (ctx, mut api, backends) = test_context();
-    let mut obj = migration(Some(progress_at(Phase::Restoring, Strategy::Sequential, 1)));
+const STS: &str = "/apis/apps/v1/namespaces/default/statefulsets/counter";
+
+/// StatefulSet `counter` with 2 replicas (so `counter-1` is its highest ordinal), a
+/// claim template and a settled revision.
+fn statefulset(replicas: i32) -> serde_json::Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "counter", "namespace": "default"},
+        "spec": {"replicas": replicas, "serviceName": "counter",
+            "selector": {"matchLabels": {"app": "counter"}},
+            "template": {"metadata": {"labels": {"app": "counter", "tier": "backend"}},
+                "spec": {"containers": [{"name": "counter", "image": "counter:1",
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}]}},
+            "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]},
+        "status": {"replicas": replicas, "currentRevision": "counter-7f9c", "updateRevision": "counter-7f9c"}
+    })
+}
+
+/// The Sequential target as the API server returns it: the StatefulSet's pod name, ours.
+fn sequential_target(phase: &str) -> serde_json::Value {
+    let mut pod = pod_in_phase("counter-1", phase, None);
+    pod["metadata"]["uid"] = json!("target-uid");
+    pod["metadata"]["labels"] = json!({"tier": "backend", "statefulset.kubernetes.io/pod-name": "counter-1",
+        "migration.ms2m.io/migration": "mig", "migration.ms2m.io/role": "target"});
+    pod
+}
+
+fn sequential_migration(p: Progress) -> crate::crd::StatefulMigration {
+    let mut obj = migration(Some(p));
     obj.spec.source_pod = "counter-1".into();
-    let target = "counter-1-m0c5e9";
+    obj
+}
+
+#[test]
+fn a_sequential_target_takes_the_source_name_and_its_control_queue() {
+    let mut p = progress_at(Phase::Restoring, Strategy::Sequential, 1);
+    p.target_pod_name = None;
+    let (plan, _) = super::plan_for(&sequential_migration(p)).unwrap();
+    assert_eq!(plan.target_name, "counter-1");
+    assert_eq!(plan.queues.control, "ms2m.control.counter-1");
+    let (plan, _) = super::plan_for(&sequential_migration(progress_at(
+        Phase::Restoring,
+        Strategy::ShadowPod,
+        1,
+    )))
+    .unwrap();
+    assert_eq!(plan.target_name, "counter-1-m0c5e9");
+}
+
+#[tokio::test]
+async fn sequential_scales_the_statefulset_down_and_creates_its_pod_on_the_target_node() {
+    let (ctx, mut api, backends) = test_context();
+    let obj = sequential_migration(progress_at(Phase::Restoring, Strategy::Sequential, 1));
     let scenario = tokio::spawn(async move {
         let mut sts_pod = source_pod("StatefulSet");
         sts_pod["metadata"]["name"] = json!("counter-1");
-        api.not_found(Method::GET, &format!("{PODS}/{target}"))
-            .await;
+        // The pod under the name is the StatefulSet's (the source), not a target.
+        api.get(&format!("{PODS}/counter-1"), sts_pod.clone()).await;
         api.get(&format!("{PODS}/counter-1"), sts_pod).await;
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.steps.stop_source, StepState::Intended);
+        assert_eq!(st.progress.target_pod_name.as_deref(), Some("counter-1"));
         let scale = api
-            .expect(Method::PATCH, "/apis/apps/v1/namespaces/default/statefulsets/counter/scale", StatusCode::OK,
+            .expect(Method::PATCH, &format!("{STS}/scale"), StatusCode::OK,
                 Some(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "counter"},
                     "spec": {"replicas": 1}})))
             .await;
         assert_eq!(scale.body, json!({"spec": {"replicas": 1}}));
         api.status_put(MIG_STATUS).await;
-        // Next round: the source is gone; create from the StatefulSet's template.
-        api.not_found(Method::GET, &format!("{PODS}/{target}"))
+        // Next round: the source is gone; the name is free for the target.
+        api.not_found(Method::GET, &format!("{PODS}/counter-1"))
             .await;
         api.not_found(Method::GET, &format!("{PODS}/counter-1"))
             .await;
         api.status_put(MIG_STATUS).await;
-        api.get("/apis/apps/v1/namespaces/default/statefulsets/counter", json!({
-            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "counter", "namespace": "default"},
-            "spec": {"serviceName": "counter", "selector": {"matchLabels": {"app": "counter"}},
-                "template": {"metadata": {"labels": {"app": "counter", "tier": "backend"}},
-                    "spec": {"containers": [{"name": "counter", "image": "counter:1"}]}}}
-        }))
-        .await;
+        api.get(STS, statefulset(1)).await;
         let created = api
             .expect(Method::POST, PODS, StatusCode::CREATED, None)
             .await;
-        assert_eq!(created.body["spec"]["containers"][0]["image"], IMAGE);
-        assert_eq!(created.body["spec"]["nodeName"], "node-b");
-        assert_eq!(created.body["metadata"]["labels"]["tier"], "backend");
-        assert!(
-            created.body["metadata"]["labels"].get("app").is_none(),
-            "would be adopted by the StatefulSet"
+        let pod = &created.body;
+        assert_eq!(pod["metadata"]["name"], "counter-1");
+        assert_eq!(pod["metadata"]["namespace"], "default");
+        assert!(pod["metadata"].get("ownerReferences").is_none());
+        assert_eq!(
+            pod["metadata"]["labels"],
+            json!({"tier": "backend", "controller-revision-hash": "counter-7f9c",
+                "statefulset.kubernetes.io/pod-name": "counter-1", "apps.kubernetes.io/pod-index": "1",
+                "migration.ms2m.io/migration": "mig", "migration.ms2m.io/role": "target"}),
+            "the selector's label (app) waits for the hand-back, else the StatefulSet adopts and deletes the pod"
+        );
+        let spec = &pod["spec"];
+        assert_eq!(spec["containers"][0]["image"], IMAGE);
+        assert_eq!(spec["nodeName"], "node-b");
+        assert_eq!(spec["hostname"], "counter-1");
+        assert_eq!(spec["subdomain"], "counter");
+        assert_eq!(
+            spec["volumes"],
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-counter-1"}}])
         );
         api.status_put(MIG_STATUS).await;
-        api.get(
-            &format!("{PODS}/{target}"),
-            pod_in_phase(target, "Pending", None),
-        )
-        .await;
-        api.not_found(Method::GET, &format!("{PODS}/counter-1"))
+        // Our pod under the source's name: the target, and no source any more.
+        api.get(&format!("{PODS}/counter-1"), sequential_target("Pending"))
+            .await;
+        api.get(&format!("{PODS}/counter-1"), sequential_target("Pending"))
             .await;
         api.done().await;
     });
-    let res = run(obj, ctx, scenario).await;
-    res.unwrap();
+    run(obj, ctx, scenario).await.unwrap();
     assert!(backends.calls().is_empty());
+}
+
+#[tokio::test]
+async fn sequential_finalizing_hands_the_target_back_to_its_statefulset() {
+    let (ctx, mut api, backends) = test_context();
+    let mut p = progress_at(Phase::Finalizing, Strategy::Sequential, 1);
+    for step in [
+        &mut p.steps.stop_source,
+        &mut p.steps.create_target,
+        &mut p.steps.start_replay,
+        &mut p.steps.unbind_replay,
+        &mut p.steps.end_replay,
+        &mut p.steps.delete_replay,
+    ] {
+        *step = StepState::Done;
+    }
+    let scenario = tokio::spawn(async move {
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.remove_source, StepState::Intended);
+        // Scale up first: the StatefulSet's own create of counter-1 fails on the taken name.
+        let scale = api
+            .expect(Method::PATCH, &format!("{STS}/scale"), StatusCode::OK,
+                Some(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "counter"},
+                    "spec": {"replicas": 2}})))
+            .await;
+        assert_eq!(scale.body, json!({"spec": {"replicas": 2}}));
+        api.get(STS, statefulset(2)).await;
+        // Then the selector's labels: the StatefulSet adopts the running target.
+        let adopt = api
+            .expect(
+                Method::PATCH,
+                &format!("{PODS}/counter-1"),
+                StatusCode::OK,
+                Some(sequential_target("Running")),
+            )
+            .await;
+        assert_eq!(
+            adopt.body,
+            json!({"metadata": {"labels": {"app": "counter"}}})
+        );
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.remove_source, StepState::Done);
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Completed);
+        assert_eq!(api.event().await.0, "Completed");
+        // No pod is deleted: api.done() refuses any further request.
+        api.done().await;
+    });
+    run(sequential_migration(p), ctx, scenario).await.unwrap();
+    assert!(backends.calls().is_empty());
+}
+
+#[tokio::test]
+async fn a_sequential_rollback_deletes_only_its_own_target_and_scales_the_statefulset_back_up() {
+    let (ctx, mut api, backends) = test_context();
+    let mut p = progress_at(Phase::Restoring, Strategy::Sequential, 400);
+    p.steps.stop_source = StepState::Done;
+    p.steps.create_target = StepState::Done;
+    let scenario = tokio::spawn(async move {
+        let mut stuck = sequential_target("Pending");
+        stuck["status"]["containerStatuses"] = json!([{"name": "counter", "ready": false, "restartCount": 0,
+            "image": "x", "imageID": "", "state": {"waiting": {"reason": "ImagePullBackOff"}}}]);
+        api.get(&format!("{PODS}/counter-1"), stuck.clone()).await;
+        api.get(&format!("{PODS}/counter-1"), stuck.clone()).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::RollingBack);
+        // The pod under the source's name is checked to be ours, and deleted by uid.
+        api.get(&format!("{PODS}/counter-1"), stuck.clone()).await;
+        let del = api
+            .expect(
+                Method::DELETE,
+                &format!("{PODS}/counter-1"),
+                StatusCode::OK,
+                Some(stuck),
+            )
+            .await;
+        assert_eq!(del.body["preconditions"]["uid"], "target-uid");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_target, StepState::Done);
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_replay, StepState::Done);
+        // Back to two replicas: the StatefulSet re-creates counter-1 from its template once
+        // the target is gone; unacked messages wait in the primary queue.
+        let scale = api
+            .expect(Method::PATCH, &format!("{STS}/scale"), StatusCode::OK,
+                Some(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "counter"},
+                    "spec": {"replicas": 2}})))
+            .await;
+        assert_eq!(scale.body, json!({"spec": {"replicas": 2}}));
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.resume_source, StepState::Done);
+        assert_eq!(api.event().await.0, "RollingBack");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        assert!(st.progress.failure.unwrap().rolled_back);
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    run(sequential_migration(p), ctx, scenario).await.unwrap();
+    assert_eq!(backends.calls(), vec![Call::DeleteReplay]);
+}
+
+#[tokio::test]
+async fn a_sequential_rollback_leaves_a_pod_the_statefulset_made_alone() {
+    let (ctx, mut api, _backends) = test_context();
+    let mut p = progress_at(Phase::Restoring, Strategy::Sequential, 400);
+    p.steps.stop_source = StepState::Done;
+    p.steps.create_target = StepState::Intended;
+    let scenario = tokio::spawn(async move {
+        // Someone scaled the StatefulSet up: counter-1 is its fresh pod, not our target.
+        let mut theirs = source_pod("StatefulSet");
+        theirs["metadata"]["name"] = json!("counter-1");
+        api.get(&format!("{PODS}/counter-1"), theirs.clone()).await;
+        api.get(&format!("{PODS}/counter-1"), theirs.clone()).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::RollingBack);
+        api.get(&format!("{PODS}/counter-1"), theirs).await;
+        // No DELETE: the next request is the status write.
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_target, StepState::Done);
+        api.status_put(MIG_STATUS).await; // replay queue deleted
+        api.expect(Method::PATCH, &format!("{STS}/scale"), StatusCode::OK,
+            Some(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "counter"},
+                "spec": {"replicas": 2}})))
+            .await;
+        api.status_put(MIG_STATUS).await;
+        assert_eq!(api.event().await.0, "RollingBack");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    run(sequential_migration(p), ctx, scenario).await.unwrap();
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
 };
 use serde_json::json;
 
@@ -62,6 +62,11 @@ impl KubeWorld {
         }
     }
 
+    /// The names changed (the strategy was resolved in this reconcile).
+    pub(super) fn set_ref(&mut self, m: MigrationRef) {
+        self.m = m;
+    }
+
     fn pods(&self) -> Api<Pod> {
         Api::namespaced(self.ctx.client.clone(), &self.m.namespace)
     }
@@ -101,6 +106,10 @@ impl KubeWorld {
         let Some(pod) = self.fetch_source().await? else {
             return Ok(None);
         };
+        // A Sequential target carries the source's name: that pod is not the source.
+        if target_pod::is_target_of(&pod, &self.m.name) {
+            return Ok(None);
+        }
         let container = self.container_name(Some(&pod));
         let spec = pod.spec.as_ref();
         let has_container = match (&container, spec) {
@@ -144,16 +153,14 @@ impl KubeWorld {
         Ok(Some(ready && schedulable))
     }
 
-    async fn target_view(&self, name: &str) -> Result<TargetView, WorldError> {
-        uses(calls::POD_GET);
-        let Some(pod) = self
-            .pods()
-            .get_opt(name)
-            .await
-            .map_err(|e| kube_err("reading the target pod", e))?
-        else {
+    async fn target_view(&self, name: &str, strategy: Strategy) -> Result<TargetView, WorldError> {
+        let Some(pod) = self.get_pod(name).await? else {
             return Ok(TargetView::Absent);
         };
+        // Under the source's name, a pod that is not ours is the StatefulSet's.
+        if strategy == Strategy::Sequential && !target_pod::is_target_of(&pod, &self.m.name) {
+            return Ok(TargetView::Absent);
+        }
         let status = pod.status.unwrap_or_default();
         let waiting = status
             .container_statuses
@@ -178,6 +185,104 @@ impl KubeWorld {
                 _ => TargetView::Pending { reason: waiting },
             },
         })
+    }
+
+    async fn get_pod(&self, name: &str) -> Result<Option<Pod>, WorldError> {
+        uses(calls::POD_GET);
+        self.pods()
+            .get_opt(name)
+            .await
+            .map_err(|e| kube_err("reading the target pod", e))
+    }
+
+    fn statefulsets(&self) -> Api<StatefulSet> {
+        Api::namespaced(self.ctx.client.clone(), &self.m.namespace)
+    }
+
+    /// Sequential target: the StatefulSet's pod, built from its template (the source pod
+    /// is gone by now). A 409 is an earlier attempt's pod only if it is ours: under the
+    /// source's name it may be a pod the StatefulSet made after someone scaled it up.
+    async fn create_sequential_target(&self, node: &str, image: &str) -> Result<(), WorldError> {
+        let (sts, ordinal) = self.statefulset_of()?;
+        uses(calls::STATEFULSET_GET);
+        let set = self
+            .statefulsets()
+            .get(&sts)
+            .await
+            .map_err(|e| kube_err("reading the source StatefulSet", e))?;
+        let first = set
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .map(|c| c.name.clone());
+        let container = self
+            .m
+            .spec
+            .container_name
+            .clone()
+            .or(first)
+            .ok_or_else(|| WorldError::permanent("the StatefulSet's template has no container"))?;
+        let pod =
+            target_pod::build_for_statefulset(&set, ordinal, &container, node, image, &self.m.name);
+        uses(calls::POD_CREATE);
+        match self.pods().create(&PostParams::default(), &pod).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let name = pod.metadata.name.unwrap_or_default();
+                match self.get_pod(&name).await? {
+                    Some(p) if !target_pod::is_target_of(&p, &self.m.name) => {
+                        Err(WorldError::permanent(format!(
+                            "pod {name} exists and is not this migration's target (was {sts} scaled up?)"
+                        )))
+                    }
+                    _ => Ok(()),
+                }
+            }
+            Err(e) => Err(kube_err("creating the target pod", e)),
+        }
+    }
+
+    /// Gives the Sequential target back to its StatefulSet. Scale-up first: the
+    /// controller's attempt to create `<sts>-<ordinal>` fails while the target holds the
+    /// name, so no second instance can appear. Then the selector's labels: the
+    /// StatefulSet adopts the orphan whose name matches an ordinal it wants. The reverse
+    /// order would let it adopt the pod while the ordinal is above its replica count and
+    /// delete it.
+    async fn hand_back_to_statefulset(&self, target: &str) -> Result<(), WorldError> {
+        let (sts, ordinal) = self.statefulset_of()?;
+        self.scale_statefulset(ordinal + 1).await?;
+        uses(calls::STATEFULSET_GET);
+        let set = self
+            .statefulsets()
+            .get(&sts)
+            .await
+            .map_err(|e| kube_err("reading the source StatefulSet", e))?;
+        let labels = target_pod::selector_labels(&set);
+        uses(calls::POD_PATCH);
+        self.pods()
+            .patch(
+                target,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"labels": labels}})),
+            )
+            .await
+            .map_err(|e| kube_err("handing the target to its StatefulSet", e))?;
+        Ok(())
+    }
+
+    /// Deletes the target; under a Sequential source's name only if the pod is ours (uid
+    /// precondition, so a pod re-made in between is not hit).
+    async fn delete_target(&self, name: &str, strategy: Strategy) -> Result<(), WorldError> {
+        if strategy != Strategy::Sequential {
+            return self.delete_pod(name, None).await;
+        }
+        match self.get_pod(name).await? {
+            Some(p) if target_pod::is_target_of(&p, &self.m.name) => {
+                self.delete_pod(name, p.metadata.uid).await
+            }
+            _ => Ok(()),
+        }
     }
 
     /// `<sts>-<ordinal>` → (`<sts>`, ordinal).
@@ -208,7 +313,24 @@ impl KubeWorld {
         else {
             return Ok(Some(format!("StatefulSet {sts} not found")));
         };
-        let replicas = s.spec.and_then(|s| s.replicas).unwrap_or(1);
+        let spec = s.spec.unwrap_or_default();
+        let deletes_claims = spec
+            .persistent_volume_claim_retention_policy
+            .as_ref()
+            .and_then(|p| p.when_scaled.as_deref())
+            == Some("Delete");
+        if deletes_claims
+            && spec
+                .volume_claim_templates
+                .as_ref()
+                .is_some_and(|v| !v.is_empty())
+        {
+            return Ok(Some(format!(
+                "StatefulSet {sts} deletes its claims when scaled down (persistentVolumeClaimRetentionPolicy.whenScaled: Delete): a Sequential migration would lose {}'s volumes",
+                self.m.spec.source_pod
+            )));
+        }
+        let replicas = spec.replicas.unwrap_or(1);
         Ok((replicas != ordinal + 1).then(|| {
             format!(
                 "a Sequential migration moves the StatefulSet's highest ordinal ({sts}-{}), not {}",
@@ -262,45 +384,27 @@ impl KubeWorld {
                 .await
                 .map_err(|e| kube_err("handing the source's labels to the target", e))?;
         }
-        self.delete_pod(&self.m.spec.source_pod).await
+        self.delete_pod(&self.m.spec.source_pod, None).await
     }
 
-    async fn delete_pod(&self, name: &str) -> Result<(), WorldError> {
+    async fn delete_pod(&self, name: &str, uid: Option<String>) -> Result<(), WorldError> {
         uses(calls::POD_DELETE);
-        match self.pods().delete(name, &DeleteParams::default()).await {
+        let dp = match uid {
+            Some(uid) => DeleteParams::default().preconditions(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            None => DeleteParams::default(),
+        };
+        match self.pods().delete(name, &dp).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(kube_err("deleting a pod", e)),
         }
     }
 
-    /// The pod the target is built from: the source pod, or for a Sequential migration
-    /// (source already gone) the StatefulSet's template.
-    async fn template(&mut self, strategy: Strategy) -> Result<Pod, WorldError> {
-        if strategy == Strategy::Sequential {
-            let (sts, _) = self.statefulset_of()?;
-            uses(calls::STATEFULSET_GET);
-            let api: Api<StatefulSet> = Api::namespaced(self.ctx.client.clone(), &self.m.namespace);
-            let s = api
-                .get(&sts)
-                .await
-                .map_err(|e| kube_err("reading the source StatefulSet", e))?;
-            let spec = s.spec.unwrap_or_default();
-            let mut meta = spec.template.metadata.unwrap_or_default();
-            // Labels of the StatefulSet's selector would make it adopt (and delete) the target.
-            if let Some(sel) = spec.selector.match_labels
-                && let Some(labels) = meta.labels.as_mut()
-            {
-                labels.retain(|k, _| !sel.contains_key(k));
-            }
-            meta.name = Some(self.m.spec.source_pod.clone());
-            meta.namespace = Some(self.m.namespace.clone());
-            return Ok(Pod {
-                metadata: meta,
-                spec: spec.template.spec,
-                status: None,
-            });
-        }
+    /// The pod a ShadowPod target is built from.
+    async fn template(&mut self) -> Result<Pod, WorldError> {
         self.get_source().await?.ok_or_else(|| {
             WorldError::permanent("the source pod disappeared before the target was created")
         })
@@ -394,7 +498,8 @@ impl World for KubeWorld {
                     .await?;
             }
             Phase::Restoring => {
-                obs.target = self.target_view(&plan.target_name).await?;
+                let strategy = progress.strategy.unwrap_or(Strategy::ShadowPod);
+                obs.target = self.target_view(&plan.target_name, strategy).await?;
                 if progress.strategy == Some(Strategy::Sequential) {
                     obs.source = self.source_view().await?;
                 }
@@ -470,8 +575,11 @@ impl World for KubeWorld {
                     self.scale_statefulset(ordinal).await
                 }
             },
+            Action::CreateTarget { image, node, .. } if strategy == Strategy::Sequential => {
+                self.create_sequential_target(node, image).await
+            }
             Action::CreateTarget { name, image, node } => {
-                let template = self.template(strategy).await?;
+                let template = self.template().await?;
                 let container = self
                     .container_name(Some(&template))
                     .ok_or_else(|| WorldError::permanent("the source has no container"))?;
@@ -502,11 +610,11 @@ impl World for KubeWorld {
             }
             Action::DeleteReplayQueue => b.delete_replay(&self.m).await,
             Action::RemoveSource => match strategy {
-                Strategy::ShadowPod => self.delete_pod(&self.m.spec.source_pod).await,
-                // Already scaled away in Restoring.
-                Strategy::Sequential => Ok(()),
+                Strategy::ShadowPod => self.delete_pod(&self.m.spec.source_pod, None).await,
+                // Scaled away in Restoring; the StatefulSet gets the target in its place.
+                Strategy::Sequential => self.hand_back_to_statefulset(&plan.target_name).await,
             },
-            Action::DeleteTarget { name } => self.delete_pod(name).await,
+            Action::DeleteTarget { name } => self.delete_target(name, strategy).await,
             Action::ResumeSource => {
                 let (_, ordinal) = self.statefulset_of()?;
                 let _ = plan;
