@@ -215,6 +215,9 @@ pub struct RestoreRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rootfs: Option<String>,
     pub tcp_established: bool,
+    /// The restored `/etc/hostname` (the agent's default is `container_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Debug, PartialEq, Eq)]

@@ -130,6 +130,10 @@ struct MigrateArgs {
     /// Print the result as JSON on stdout instead of the table.
     #[arg(long)]
     json: bool,
+    /// Where progress is recorded before every side effect. Running the command again
+    /// with the same file resumes the migration it records (see docs/shim.md).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
 }
 
 fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
@@ -219,8 +223,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Cmd::Migrate(args) => {
             let json = args.json;
+            let state_file = args.state_file.clone();
             let s = settings(args)?;
-            let report = standalone::migrate(s, !json).await?;
+            let report = standalone::migrate_with_state(s, !json, state_file).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

@@ -2,15 +2,22 @@
 //! are runc containers managed by the node agents; the checkpoint travels through a
 //! registry (push, then pull on the target) or agent to agent (Direct).
 //!
-//! Progress lives in memory: a driver killed mid-migration leaves what the engine's
-//! rollback would clean up (target container, replay queue); the source keeps running.
+//! Progress is kept in memory and, with `--state-file`, in a JSON file written atomically
+//! (temp file, fsync, rename, fsync of the directory) at the points where the controller
+//! writes the CR status: before every side effect and after each one. Running `migrate`
+//! again with an existing state file resumes the migration it records (a finished one is
+//! only reported); the engine then repeats at most the one idempotent effect that may or
+//! may not have happened. Without a state file, a driver killed mid-migration leaves what
+//! the engine's rollback would clean up (target container, replay queue); the source
+//! keeps running.
 //! Decisions: standalone migrations are always ShadowPod (the agent can't "scale" a
 //! container back), so a failure after the cutoff keeps the target for the operator.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::agent_client::{
@@ -53,6 +60,103 @@ pub struct Settings {
     pub replay_cutoff: Duration,
     pub phase_timeout: Duration,
     pub checkpoint_id: String,
+}
+
+/// Why `migrate` could not run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Messaging(#[from] MessagingError),
+    #[error("state file {path}: {source}")]
+    StateIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("state file {path}: {source}")]
+    StateFormat {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("state file {path} records a migration of {recorded}, not of {asked}")]
+    StateMismatch {
+        path: PathBuf,
+        recorded: String,
+        asked: String,
+    },
+}
+
+/// The state file's content: what identifies the migration, and the engine's progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StateFile {
+    pub version: u32,
+    pub container: String,
+    pub target_container: String,
+    pub control_name: String,
+    /// The checkpoint id names the agents' checkpoint and job results, so a resumed run
+    /// must use the recorded one (the default id contains the start time).
+    pub checkpoint_id: String,
+    pub progress: Progress,
+}
+
+const STATE_VERSION: u32 = 1;
+
+impl StateFile {
+    /// Reads a state file; `Ok(None)` when there is none.
+    pub fn load(path: &Path) -> Result<Option<StateFile>, MigrateError> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(MigrateError::StateIo {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| MigrateError::StateFormat {
+                path: path.to_owned(),
+                source,
+            })
+    }
+
+    /// Replaces the file atomically: a reader (or a restarted driver) sees the old or the
+    /// new content, never a torn one, also across a power loss.
+    pub fn store(&self, path: &Path) -> std::io::Result<()> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        std::fs::create_dir_all(&dir)?;
+        let mut name = path.file_name().unwrap_or_default().to_owned();
+        name.push(".tmp");
+        let tmp = dir.join(name);
+        let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        // The rename itself is durable only once the directory is.
+        std::fs::File::open(&dir)?.sync_all()
+    }
+
+    /// Checks that the file describes the migration the command line asks for.
+    fn check(&self, path: &Path, s: &Settings) -> Result<(), MigrateError> {
+        let recorded = format!("{} -> {}", self.container, self.target_container);
+        let asked = format!("{} -> {}", s.container, s.target_container);
+        if recorded != asked || self.version != STATE_VERSION {
+            return Err(MigrateError::StateMismatch {
+                path: path.to_owned(),
+                recorded: format!("{recorded} (version {})", self.version),
+                asked,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What `migrate` prints with `--json`, and returns.
@@ -105,6 +209,26 @@ struct Standalone {
     started: Instant,
     last_phase: Phase,
     live: bool,
+    state_file: Option<PathBuf>,
+}
+
+impl Standalone {
+    fn save_state(&self, progress: &Progress) -> Result<(), WorldError> {
+        let Some(path) = &self.state_file else {
+            return Ok(());
+        };
+        StateFile {
+            version: STATE_VERSION,
+            container: self.s.container.clone(),
+            target_container: self.s.target_container.clone(),
+            control_name: self.s.control_name.clone(),
+            checkpoint_id: self.s.checkpoint_id.clone(),
+            progress: progress.clone(),
+        }
+        .store(path)
+        // Transient: the round stops before its effect and is retried.
+        .map_err(|e| WorldError::transient(format!("writing {}: {e}", path.display())))
+    }
 }
 
 impl Standalone {
@@ -373,6 +497,8 @@ impl World for Standalone {
                     netns_path: self.s.target_netns.clone(),
                     rootfs: self.s.rootfs.clone(),
                     tcp_established: self.s.tcp_established,
+                    // The consumer names its control queue after its hostname.
+                    hostname: Some(self.s.control_name.clone()),
                 };
                 match self.target.start_restore(&req).await {
                     Ok(job) => {
@@ -421,6 +547,7 @@ impl World for Standalone {
     }
 
     async fn persist(&mut self, progress: &Progress) -> Result<(), WorldError> {
+        self.save_state(progress)?;
         self.live_line(progress);
         Ok(())
     }
@@ -432,8 +559,34 @@ impl Standalone {
     }
 }
 
-/// Runs one migration to its end. `live`: print the phase line on stderr.
-pub async fn migrate(s: Settings, live: bool) -> Result<Report, crate::messaging::MessagingError> {
+/// Runs one migration to its end, keeping progress in memory only. `live`: print the
+/// phase line on stderr.
+pub async fn migrate(s: Settings, live: bool) -> Result<Report, MigrateError> {
+    migrate_with_state(s, live, None).await
+}
+
+/// Runs one migration to its end recording progress in `state_file`, or resumes the
+/// migration an existing `state_file` records.
+pub async fn migrate_with_state(
+    mut s: Settings,
+    live: bool,
+    state_file: Option<PathBuf>,
+) -> Result<Report, MigrateError> {
+    let mut progress = Progress::default();
+    if let Some(path) = &state_file
+        && let Some(state) = StateFile::load(path)?
+    {
+        state.check(path, &s)?;
+        tracing::info!(
+            path = %path.display(),
+            phase = state.progress.phase.as_str(),
+            checkpoint_id = %state.checkpoint_id,
+            "resuming the recorded migration"
+        );
+        s.checkpoint_id = state.checkpoint_id;
+        s.control_name = state.control_name;
+        progress = state.progress;
+    }
     let queues = QueueNames::new(&s.exchange, &s.queue, &s.routing_key, &s.control_name);
     let plan = Plan {
         replay_mode: s.replay_mode,
@@ -453,10 +606,10 @@ pub async fn migrate(s: Settings, live: bool) -> Result<Report, crate::messaging
         broker: Messaging::new(&s.broker_url, &s.checkpoint_id)?,
         s,
         started: Instant::now(),
-        last_phase: Phase::Pending,
+        last_phase: progress.phase,
         live,
+        state_file,
     };
-    let mut progress = Progress::default();
     let mut fatal = None;
     let mut errors = 0u32;
     loop {
@@ -487,14 +640,22 @@ pub async fn migrate(s: Settings, live: bool) -> Result<Report, crate::messaging
             }
         }
     }
-    Ok(Report {
-        succeeded: progress.phase == Phase::Completed,
-        total_ms: world
+    // Across restarts the migration started when the first run did.
+    let total_ms = match (progress.start_time, progress.completion_time) {
+        (Some(a), Some(b)) => u64::try_from(b.duration_since(a).as_millis()).ok(),
+        _ => None,
+    }
+    .unwrap_or_else(|| {
+        world
             .started
             .elapsed()
             .as_millis()
             .try_into()
-            .unwrap_or(u64::MAX),
+            .unwrap_or(u64::MAX)
+    });
+    Ok(Report {
+        succeeded: progress.phase == Phase::Completed,
+        total_ms,
         progress,
     })
 }
@@ -540,6 +701,202 @@ pub fn timing_table(r: &Report) -> String {
 mod tests {
     use super::*;
     use crate::engine::PhaseTiming;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let d = std::env::temp_dir().join(format!(
+                "ms2m-state-{tag}-{}-{}",
+                std::process::id(),
+                jiff::Timestamp::now().as_nanosecond()
+            ));
+            std::fs::create_dir_all(&d).unwrap();
+            TempDir(d)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            // Nothing listens there: a test that reaches an agent fails.
+            source_agent: crate::agent_client::AgentAddr::parse("unix:/nonexistent/a.sock", None)
+                .unwrap(),
+            target_agent: crate::agent_client::AgentAddr::parse("unix:/nonexistent/b.sock", None)
+                .unwrap(),
+            container: "counter-1".into(),
+            target_container: "counter-1-ms2m".into(),
+            target_netns: None,
+            rootfs_image: None,
+            rootfs: None,
+            tcp_established: false,
+            transfer: TransferMode::Registry,
+            image: Some("127.0.0.1:5000/ms2m/counter:ckpt".into()),
+            insecure_registry: false,
+            direct_target: None,
+            broker_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            queue: "q".into(),
+            exchange: "x".into(),
+            routing_key: String::new(),
+            control_name: "counter-1-ms2m".into(),
+            replay_mode: ReplayMode::Cutoff,
+            replay_cutoff: Duration::from_secs(30),
+            phase_timeout: Duration::from_secs(2),
+            checkpoint_id: "counter-1-1".into(),
+        }
+    }
+
+    fn state(phase: Phase) -> StateFile {
+        let t0 = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let mut progress = Progress {
+            phase,
+            start_time: Some(t0),
+            phase_started_at: Some(t0),
+            checkpoint_id: Some("counter-1-1".into()),
+            checkpoint_job: Some("job-7".into()),
+            ..Progress::default()
+        };
+        progress.steps.replay_topology = StepState::Done;
+        progress.steps.checkpoint = StepState::Intended;
+        StateFile {
+            version: STATE_VERSION,
+            container: "counter-1".into(),
+            target_container: "counter-1-ms2m".into(),
+            control_name: "counter-1-ms2m".into(),
+            checkpoint_id: "counter-1-1".into(),
+            progress,
+        }
+    }
+
+    const ALL_PHASES: [Phase; 9] = [
+        Phase::Pending,
+        Phase::Checkpointing,
+        Phase::Transferring,
+        Phase::Restoring,
+        Phase::Replaying,
+        Phase::Finalizing,
+        Phase::RollingBack,
+        Phase::Completed,
+        Phase::Failed,
+    ];
+
+    #[test]
+    fn every_phase_survives_the_state_file_unchanged() {
+        let dir = TempDir::new("roundtrip");
+        let path = dir.0.join("m.json");
+        assert_eq!(StateFile::load(&path).unwrap(), None);
+        for phase in ALL_PHASES {
+            let st = state(phase);
+            st.store(&path).unwrap();
+            assert_eq!(StateFile::load(&path).unwrap().as_ref(), Some(&st));
+        }
+        let names: Vec<_> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("m.json")],
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn a_stale_temp_file_does_not_hide_the_last_complete_state() {
+        let dir = TempDir::new("torn");
+        let path = dir.0.join("m.json");
+        state(Phase::Replaying).store(&path).unwrap();
+        // A writer killed between creating and renaming its temp file.
+        std::fs::write(dir.0.join("m.json.tmp"), b"{\"version\": 1, \"contai").unwrap();
+        let loaded = StateFile::load(&path).unwrap().unwrap();
+        assert_eq!(loaded.progress.phase, Phase::Replaying);
+        state(Phase::Finalizing).store(&path).unwrap();
+        let loaded = StateFile::load(&path).unwrap().unwrap();
+        assert_eq!(loaded.progress.phase, Phase::Finalizing);
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_not_a_fresh_start() {
+        let dir = TempDir::new("corrupt");
+        let path = dir.0.join("m.json");
+        std::fs::write(&path, b"{not json").unwrap();
+        let err = StateFile::load(&path).unwrap_err();
+        assert!(matches!(err, MigrateError::StateFormat { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_state_file_of_another_migration_is_refused() {
+        let dir = TempDir::new("mismatch");
+        let path = dir.0.join("m.json");
+        let mut st = state(Phase::Replaying);
+        st.container = "other".into();
+        st.store(&path).unwrap();
+        let err = migrate_with_state(settings(), false, Some(path))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, MigrateError::StateMismatch { .. }) && err.to_string().contains("other"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn resuming_a_finished_migration_reports_it_and_touches_nothing() {
+        let dir = TempDir::new("finished");
+        for phase in [Phase::Completed, Phase::Failed] {
+            let path = dir.0.join(format!("{}.json", phase.as_str()));
+            let mut st = state(phase);
+            st.progress.completion_time =
+                Some(st.progress.start_time.unwrap() + jiff::SignedDuration::from_millis(2500));
+            // A different default checkpoint id on the command line: the recorded wins.
+            st.store(&path).unwrap();
+            let r = migrate_with_state(settings(), false, Some(path.clone()))
+                .await
+                .unwrap();
+            assert_eq!(r.succeeded, phase == Phase::Completed);
+            assert_eq!(r.total_ms, 2500);
+            assert_eq!(r.progress, st.progress);
+            assert_eq!(StateFile::load(&path).unwrap().unwrap(), st);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_run_continues_from_the_recorded_phase_with_the_recorded_ids() {
+        // The agents are unreachable, so the resumed run can't make progress; what it
+        // writes shows where it resumed: never back at Pending, same checkpoint id.
+        let dir = TempDir::new("resume");
+        for phase in [
+            Phase::Checkpointing,
+            Phase::Transferring,
+            Phase::Restoring,
+            Phase::Replaying,
+        ] {
+            let path = dir.0.join(format!("{}.json", phase.as_str()));
+            let mut st = state(phase);
+            st.checkpoint_id = "recorded-id".into();
+            st.progress.start_time = Some(jiff::Timestamp::now());
+            st.progress.phase_started_at = st.progress.start_time;
+            st.store(&path).unwrap();
+            let mut s = settings();
+            s.checkpoint_id = "fresh-default-id".into();
+            s.phase_timeout = Duration::from_secs(1);
+            let r = migrate_with_state(s, false, Some(path.clone()))
+                .await
+                .unwrap();
+            assert!(!r.succeeded, "{phase:?}: no agent, no success");
+            let after = StateFile::load(&path).unwrap().unwrap();
+            assert_eq!(after.checkpoint_id, "recorded-id");
+            assert_eq!(after.progress.start_time, st.progress.start_time);
+            assert_ne!(after.progress.phase, Phase::Pending, "{phase:?}");
+            assert_eq!(after.progress.steps.replay_topology, StepState::Done);
+        }
+    }
 
     #[test]
     fn the_table_lists_every_phase_and_the_total() {

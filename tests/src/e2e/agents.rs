@@ -381,10 +381,49 @@ pub fn run_shim(
     opts: &ShimOptions,
     during: impl FnOnce(&NodeAgent) + Send,
 ) -> ShimRun {
-    let bins = binaries();
     let target_pod = sc.cluster.pod(NodeId::B, "dst");
-    let source_id = sc.source.as_ref().expect("source running").id().to_string();
     let checkpoint_id = crate::env::unique("ck-");
+    let mut cmd = shim_command(sc, agents, opts, &checkpoint_id, &target_pod);
+    let out = thread::scope(|s| {
+        let child = cmd.spawn().expect("start ms2m-shim");
+        s.spawn(|| during(&agents.a));
+        child.wait_with_output().expect("wait for ms2m-shim")
+    });
+    shim_run(out, checkpoint_id, target_pod)
+}
+
+fn shim_run(
+    out: std::process::Output,
+    checkpoint_id: String,
+    target_pod: Arc<crate::nodes::Pod>,
+) -> ShimRun {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "ms2m-shim printed no JSON report ({e}, {}): {}\n{stderr}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout)
+        )
+    });
+    ShimRun {
+        succeeded: out.status.success() && report["succeeded"] == true,
+        report,
+        stderr,
+        checkpoint_id,
+        target_pod,
+    }
+}
+
+/// The `ms2m-shim migrate --json` command line for `sc`.
+fn shim_command(
+    sc: &Scenario,
+    agents: &Agents,
+    opts: &ShimOptions,
+    checkpoint_id: &str,
+    target_pod: &crate::nodes::Pod,
+) -> Command {
+    let bins = binaries();
+    let source_id = sc.source.as_ref().expect("source running").id().to_string();
     let image = format!("{}/ms2m-e2e/{}:{checkpoint_id}", agents.registry, sc.queue);
     let mut cmd = Command::new(&bins.shim);
     cmd.arg("migrate")
@@ -401,7 +440,7 @@ pub fn run_shim(
         .arg("--tcp-established")
         .args(["--broker-url", &sc.amqp_url])
         .args(["--queue", &sc.queue, "--exchange", &sc.exchange])
-        .args(["--checkpoint-id", &checkpoint_id])
+        .args(["--checkpoint-id", checkpoint_id])
         .args([
             "--replay-mode",
             match opts.replay_mode {
@@ -439,26 +478,78 @@ pub fn run_shim(
             cmd.args(["--transfer", "direct", "--direct-target", &agents.b.url]);
         }
     }
-    let out = thread::scope(|s| {
-        let child = cmd.spawn().expect("start ms2m-shim");
-        s.spawn(|| during(&agents.a));
-        child.wait_with_output().expect("wait for ms2m-shim")
-    });
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "ms2m-shim printed no JSON report ({e}, {}): {}\n{stderr}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    ShimRun {
-        succeeded: out.status.success() && report["succeeded"] == true,
-        report,
-        stderr,
-        checkpoint_id,
-        target_pod,
-    }
+    cmd
+}
+
+/// Runs the shim with `--state-file`, SIGKILLs it as soon as the state file records
+/// `kill_in` (e.g. "Replaying"), then runs the same command again, which resumes from
+/// the state file. Returns the second run, and the progress the first one left.
+pub fn run_shim_killed_in(
+    sc: &mut Scenario,
+    agents: &Agents,
+    opts: &ShimOptions,
+    kill_in: &str,
+) -> (ShimRun, Value) {
+    let target_pod = sc.cluster.pod(NodeId::B, "dst");
+    let checkpoint_id = crate::env::unique("ck-");
+    let state_dir = std::env::temp_dir().join(crate::env::unique("ms2m-shim-state-"));
+    std::fs::create_dir_all(&state_dir).expect("create the state file's directory");
+    let state_file = state_dir.join("migration.json");
+    let mut cmd = shim_command(sc, agents, opts, &checkpoint_id, &target_pod);
+    cmd.arg("--state-file").arg(&state_file);
+    let mut first = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start ms2m-shim");
+    let deadline = Instant::now() + Duration::from_secs(opts.phase_timeout_seconds * 5);
+    let killed_at = loop {
+        // The file is replaced by rename: every read sees one whole state.
+        let state: Option<Value> = std::fs::read(&state_file)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        if let Some(st) = state.filter(|st| st["progress"]["phase"] == kill_in) {
+            first.kill().expect("SIGKILL ms2m-shim");
+            let _ = first.wait();
+            break st;
+        }
+        if let Some(status) = first.try_wait().expect("poll ms2m-shim") {
+            let _ = std::fs::remove_dir_all(&state_dir);
+            panic!("ms2m-shim ended ({status}) before the state file said {kill_in}");
+        }
+        if Instant::now() > deadline {
+            let _ = first.kill();
+            let _ = first.wait();
+            let _ = std::fs::remove_dir_all(&state_dir);
+            panic!("the state file never said {kill_in}");
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    // Same command, same state file: the second run resumes.
+    let mut cmd = shim_command(sc, agents, opts, &checkpoint_id, &target_pod);
+    cmd.arg("--state-file").arg(&state_file);
+    let out = cmd.output().expect("run ms2m-shim again");
+    let _ = std::fs::remove_dir_all(&state_dir);
+    (shim_run(out, checkpoint_id, target_pod), killed_at)
+}
+
+/// [`migrate_with_shim`] with the shim SIGKILLed once in phase `kill_in` and restarted on
+/// its state file; panics when the resumed driver does not complete. Also returns the
+/// state the killed run left and the resumed run's `--json` report.
+pub fn migrate_with_shim_killed_in(
+    sc: &mut Scenario,
+    agents: &Agents,
+    opts: &ShimOptions,
+    kill_in: &str,
+) -> (Migrated, Value, Value) {
+    let recorder = ApplyRecorder::start(sc.source_pod.addr());
+    let (r, killed_at) = run_shim_killed_in(sc, agents, opts, kill_in);
+    let resumed = r.report.clone();
+    (
+        finish_shim_migration(sc, agents, recorder, r),
+        killed_at,
+        resumed,
+    )
 }
 
 /// The migration through the agents with the shim's standalone driver (ShadowPod);
@@ -466,6 +557,15 @@ pub fn run_shim(
 pub fn migrate_with_shim(sc: &mut Scenario, agents: &Agents, opts: &ShimOptions) -> Migrated {
     let recorder = ApplyRecorder::start(sc.source_pod.addr());
     let r = run_shim(sc, agents, opts, |_| {});
+    finish_shim_migration(sc, agents, recorder, r)
+}
+
+fn finish_shim_migration(
+    sc: &mut Scenario,
+    agents: &Agents,
+    recorder: ApplyRecorder,
+    r: ShimRun,
+) -> Migrated {
     let source_applied = recorder.finish();
     assert!(
         r.succeeded,
