@@ -7,6 +7,7 @@
 
 pub mod bundle;
 pub mod container;
+pub mod counter;
 pub mod e2e;
 pub mod env;
 pub mod netns;

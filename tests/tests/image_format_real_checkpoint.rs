@@ -5,46 +5,15 @@
 //! where it was checkpointed.
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use ms2m_image_format::{Archive, Compression, EncodeOptions, read_oci_layout, write_oci_layout};
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
+use ms2m_tests::counter::{COUNTER, assert_continuous, log_lines, wait_for_lines};
 use ms2m_tests::env::{criu, unique};
 use ms2m_tests::netns::Netns;
 use ms2m_tests::process::run;
-
-const COUNTER: &[&str] = &[
-    "sh",
-    "-c",
-    "i=0; while true; do i=$((i+1)); echo $i >> /log; sleep 0.02; done",
-];
-
-fn count_lines(rootfs: &Path) -> Vec<u64> {
-    fs::read_to_string(rootfs.join("log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
-}
-
-fn wait_for_lines(rootfs: &Path, n: usize) -> Vec<u64> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l = count_lines(rootfs);
-        if l.len() >= n {
-            return l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counter reached only {} lines",
-            l.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn round_trip(compression: Compression, layers: usize) {
     let tmp = tempfile::tempdir().unwrap();
@@ -68,7 +37,7 @@ fn round_trip(compression: Compression, layers: usize) {
         .arg(tmp.path().join("work"))
         .arg(&id));
     drop(source);
-    let at_checkpoint = count_lines(&bundle.rootfs()).len();
+    let at_checkpoint = log_lines(&bundle.rootfs()).len();
     fs::copy(
         bundle.dir().join("config.json"),
         archive_dir.join("spec.dump"),
@@ -126,9 +95,7 @@ fn round_trip(compression: Compression, layers: usize) {
         restored.output()
     );
     let after = wait_for_lines(&bundle.rootfs(), at_checkpoint + 20);
-    for (k, v) in after.iter().enumerate() {
-        assert_eq!(*v, k as u64 + 1, "count restarted or skipped at line {k}");
-    }
+    assert_continuous(&after);
 }
 
 #[test]

@@ -4,15 +4,14 @@
 //! id from the decoded copy: it keeps counting, and its heap survived.
 
 use std::fs;
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use ms2m_image_format::{
     Archive, EncodeOptions, annotations, plan_split_layers, read_oci_layout, write_oci_layout,
 };
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
+use ms2m_tests::counter::{assert_continuous, log_lines, wait_for_lines};
 use ms2m_tests::env::{criu, require_root, unique};
 use ms2m_tests::netns::Netns;
 use ms2m_tests::process::run;
@@ -25,33 +24,6 @@ const COUNTER: &[&str] = &[
     "x=$(seq 1 300000); i=0; while true; do i=$((i+1)); echo $i ${#x} >> /log; sleep 0.02; done",
 ];
 
-fn lines(rootfs: &Path) -> Vec<(u64, u64)> {
-    fs::read_to_string(rootfs.join("log"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (a, b) = l.trim().split_once(' ')?;
-            Some((a.parse().ok()?, b.parse().ok()?))
-        })
-        .collect()
-}
-
-fn wait_for(rootfs: &Path, n: usize) -> Vec<(u64, u64)> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let l = lines(rootfs);
-        if l.len() >= n {
-            return l;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counter reached only {} lines",
-            l.len()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn restore_from_a_decoded_split_image_continues_the_count() {
     require_root();
@@ -61,8 +33,8 @@ fn restore_from_a_decoded_split_image_continues_the_count() {
     bundle.use_netns(&ns.path());
     let id = unique("ms2m-sp-");
     let source = Container::run(&bundle, &id);
-    let before = wait_for(&bundle.rootfs(), 10);
-    let heap = before[0].1;
+    let before = wait_for_lines(&bundle.rootfs(), 10);
+    let heap = before[0][1];
     assert!(heap > 1_000_000, "heap string too small: {heap}");
 
     let archive_dir = tmp.path().join("archive");
@@ -76,7 +48,7 @@ fn restore_from_a_decoded_split_image_continues_the_count() {
         .arg(tmp.path().join("work"))
         .arg(&id));
     drop(source);
-    let at_checkpoint = lines(&bundle.rootfs()).len();
+    let at_checkpoint = log_lines(&bundle.rootfs()).len();
     fs::copy(
         bundle.dir().join("config.json"),
         archive_dir.join("spec.dump"),
@@ -162,9 +134,9 @@ fn restore_from_a_decoded_split_image_continues_the_count() {
         "{}",
         restored.output()
     );
-    let after = wait_for(&bundle.rootfs(), at_checkpoint + 20);
-    for (k, (n, len)) in after.iter().enumerate() {
-        assert_eq!(*n, k as u64 + 1, "count restarted or skipped at line {k}");
-        assert_eq!(*len, heap, "heap changed at line {k}");
+    let after = wait_for_lines(&bundle.rootfs(), at_checkpoint + 20);
+    assert_continuous(&after);
+    for (k, line) in after.iter().enumerate() {
+        assert_eq!(line[1], heap, "heap changed at line {k}");
     }
 }
