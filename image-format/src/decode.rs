@@ -16,7 +16,7 @@ use tracing::debug;
 use crate::archive::EntryKind;
 use crate::compression::CompressionKind;
 use crate::digest::OffloadHashingReader;
-use crate::encode::LayerDescriptor;
+use crate::encode::{LayerDescriptor, LayerHashes};
 use crate::error::{Error, IoContext, Result};
 use crate::staging::{Item, Staging};
 use crate::validate;
@@ -53,7 +53,8 @@ impl From<&LayerDescriptor> for ExpectedLayer {
             media_type: d.media_type.clone(),
             digest: d.digest.clone(),
             size: d.size,
-            diff_id: Some(d.diff_id.clone()),
+            // Empty: encoded with `LayerHashes::BlobOnly`, nothing to compare.
+            diff_id: (!d.diff_id.is_empty()).then(|| d.diff_id.clone()),
         }
     }
 }
@@ -96,7 +97,12 @@ struct Read_ {
     size: u64,
 }
 
-fn read_layer<R: Read>(reader: R, kind: CompressionKind, staging: &Staging) -> Read_ {
+fn read_layer<R: Read>(
+    reader: R,
+    kind: CompressionKind,
+    hashes: LayerHashes,
+    staging: &Staging,
+) -> Read_ {
     // Both sha256 on helper threads, as in the encoder: this thread only decompresses,
     // parses and writes.
     std::thread::scope(|s| {
@@ -114,6 +120,15 @@ fn read_layer<R: Read>(reader: R, kind: CompressionKind, staging: &Staging) -> R
                 CompressionKind::Gzip => Box::new(flate2::read::GzDecoder::new(&mut outer)),
                 CompressionKind::None => unreachable!("handled above"),
             };
+            if hashes == LayerHashes::BlobOnly {
+                let mut inner = CountingReader {
+                    inner: decompressed,
+                    count: 0,
+                };
+                let entries = read_layer_tar(&mut inner, staging)?;
+                io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
+                return Ok((entries, Some((String::new(), inner.count))));
+            }
             let mut inner = OffloadHashingReader::new(s, decompressed);
             let entries = read_layer_tar(&mut inner, staging)?;
             // The tar parser stops at the first end block; the digest covers everything.
@@ -157,7 +172,7 @@ fn unpack_inner<R: Read>(
         drained,
         digest,
         size,
-    } = read_layer(reader, kind, staging);
+    } = read_layer(reader, kind, LayerHashes::BlobAndDiffId, staging);
     let (entries, diff_id, uncompressed) = match inner {
         Ok(v) => v,
         Err(e) => {
@@ -229,13 +244,15 @@ fn check_layer(expected: &ExpectedLayer, actual: &ExpectedLayer) -> Result<()> {
 /// this way is unconfirmed, so unverified bytes are never committed.
 impl Staging {
     /// Unpacks a layer of `media_type` into the staging directory without knowing its
-    /// digests, and returns what they are (digest, size, diff_id) with the unpack
-    /// figures. Call [`Staging::confirm_layer`] with the announced digests before
-    /// committing. Any error marks the staging as failed.
+    /// digests, and returns what they are (digest, size, and the diff_id unless `hashes`
+    /// is [`LayerHashes::BlobOnly`]) with the unpack figures. Call
+    /// [`Staging::confirm_layer`] with the announced digests before committing. Any
+    /// error marks the staging as failed.
     pub fn unpack_layer_unverified<R: Read>(
         &self,
         reader: R,
         media_type: &str,
+        hashes: LayerHashes,
     ) -> Result<(ExpectedLayer, LayerStats)> {
         self.begin_unverified();
         let r = (|| {
@@ -245,7 +262,7 @@ impl Staging {
                 drained,
                 digest,
                 size,
-            } = read_layer(reader, kind, self);
+            } = read_layer(reader, kind, hashes, self);
             let (entries, diff_id, uncompressed) = inner?;
             drained.ctx(|| "layer: read to end".into())?;
             Ok((
@@ -253,7 +270,7 @@ impl Staging {
                     media_type: media_type.to_owned(),
                     digest,
                     size,
-                    diff_id: Some(diff_id),
+                    diff_id: (!diff_id.is_empty()).then_some(diff_id),
                 },
                 LayerStats {
                     entries,
@@ -283,6 +300,19 @@ impl Staging {
             Err(_) => self.fail(),
         }
         r
+    }
+}
+
+struct CountingReader<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for CountingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
     }
 }
 
@@ -504,12 +534,15 @@ mod tests {
         let layer = one_file_layer();
 
         let s = staging(dir.path(), "unconfirmed");
-        s.unpack_layer_unverified(&layer[..], TAR).unwrap();
+        s.unpack_layer_unverified(&layer[..], TAR, LayerHashes::BlobAndDiffId)
+            .unwrap();
         let e = s.commit().unwrap_err();
         assert!(e.to_string().contains("not verified"), "{e}");
 
         let s = staging(dir.path(), "ok");
-        let (actual, stats) = s.unpack_layer_unverified(&layer[..], TAR).unwrap();
+        let (actual, stats) = s
+            .unpack_layer_unverified(&layer[..], TAR, LayerHashes::BlobAndDiffId)
+            .unwrap();
         assert_eq!(actual.digest, crate::digest::sha256_digest(&layer));
         assert_eq!(actual.size, layer.len() as u64);
         assert_eq!(stats.entries, 1);
@@ -518,7 +551,9 @@ mod tests {
         assert_eq!(std::fs::read(out.join("pages-1.img")).unwrap(), b"hello");
 
         let s = staging(dir.path(), "lied");
-        let (actual, _) = s.unpack_layer_unverified(&layer[..], TAR).unwrap();
+        let (actual, _) = s
+            .unpack_layer_unverified(&layer[..], TAR, LayerHashes::BlobAndDiffId)
+            .unwrap();
         let mut announced = actual.clone();
         announced.digest = format!("sha256:{}", "ab".repeat(32));
         let e = s.confirm_layer(&announced, &actual).unwrap_err();

@@ -25,7 +25,7 @@ pub use compression::{
 };
 pub use decode::{ExpectedLayer, LayerStats, unpack_layer};
 pub use digest::{digest_hex, sha256_digest};
-pub use encode::{LayerDescriptor, encode_layer};
+pub use encode::{LayerDescriptor, LayerHashes, encode_layer, encode_layer_with};
 pub use error::{Error, Result};
 pub use image::{Blob, CheckpointImage, ImageOptions, build_image};
 pub use layout::{EncodeOptions, read_oci_layout, write_oci_layout};

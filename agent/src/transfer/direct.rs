@@ -22,8 +22,9 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use ms2m_image_format::{
-    Archive, Compression, ExpectedLayer, LayerDescriptor, LayerStats, MEDIA_TYPE_LAYER_GZIP,
-    MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, Staging, encode_layer, plan_layers,
+    Archive, Compression, ExpectedLayer, LayerDescriptor, LayerHashes, LayerStats,
+    MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, Staging, encode_layer_with,
+    plan_layers,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -203,7 +204,15 @@ pub async fn send(
         progress.set_state(index, LayerState::Transferring);
         encoders.push(tokio::task::spawn_blocking(move || {
             let mut sink = FrameSink::new(tx.clone(), index as u16);
-            let desc = encode_layer(&archive, &plan, &compression, &mut sink)?;
+            // No image comes of a Direct stream, so no diff_id: the blob digest is what
+            // the receiver verifies.
+            let desc = encode_layer_with(
+                &archive,
+                &plan,
+                &compression,
+                LayerHashes::BlobOnly,
+                &mut sink,
+            )?;
             sink.flush().map_err(|e| Error::io("direct stream", e))?;
             let meta = serde_json::to_vec(&desc).map_err(|e| Error::Internal(e.to_string()))?;
             tx.blocking_send(frame(KIND_END, index as u16, &meta))
@@ -535,8 +544,11 @@ where
                         let (tx, rx) = mpsc::channel(DEPTH);
                         let staging = staging.clone();
                         l.unpacker = Some(tokio::task::spawn_blocking(move || {
-                            Ok(staging
-                                .unpack_layer_unverified(ChannelReader::new(rx), media_type)?)
+                            Ok(staging.unpack_layer_unverified(
+                                ChannelReader::new(rx),
+                                media_type,
+                                LayerHashes::BlobOnly,
+                            )?)
                         }));
                         l.tx = Some(tx);
                     }
