@@ -2,7 +2,8 @@
 //! socket on the same node, or over TCP with a bearer token from the cluster.
 //!
 //! Only what the shim needs: start and poll jobs (checkpoint, push, direct send,
-//! restore), inspect checkpoints, and manage standalone containers.
+//! restore), inspect and delete checkpoints, remove imported images, and manage
+//! standalone containers.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -157,6 +158,15 @@ impl Job {
             .map(str::to_owned)
     }
 
+    /// A string anywhere in `result`, by JSON pointer, e.g. `/received/imported/reference`.
+    pub fn result_at(&self, pointer: &str) -> Option<String> {
+        self.result
+            .as_ref()?
+            .pointer(pointer)?
+            .as_str()
+            .map(str::to_owned)
+    }
+
     pub fn failure(&self) -> String {
         match &self.error {
             Some(e) => format!(
@@ -204,6 +214,10 @@ pub struct DirectSendRequest {
     pub checkpoint_id: String,
     pub target: String,
     pub target_checkpoint_id: String,
+    /// The target agent imports the received checkpoint into its node's image store under
+    /// this reference (Kubernetes: the runtime restores only from an image).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub import_reference: Option<String>,
 }
 
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
@@ -429,19 +443,43 @@ impl AgentClient {
 
     /// Kills and deletes a standalone container; one that is already gone is fine.
     pub async fn delete_container(&self, id: &str) -> Result<()> {
+        self.delete(&format!("/v1/containers/{id}")).await
+    }
+
+    /// Deletes a checkpoint; one that is already gone is fine (`409` while a job uses it).
+    pub async fn delete_checkpoint(&self, id: &str) -> Result<()> {
+        self.delete(&format!("/v1/checkpoints/{id}")).await
+    }
+
+    /// Removes an image the agent imported into its node's image store; an absent one is
+    /// fine.
+    pub async fn delete_image(&self, reference: &str) -> Result<()> {
+        self.delete(&images_path(reference)).await
+    }
+
+    async fn delete(&self, path: &str) -> Result<()> {
         let (status, bytes) = self
-            .call(
-                Method::DELETE,
-                &format!("/v1/containers/{id}"),
-                None,
-                REQUEST_TIMEOUT,
-            )
+            .call(Method::DELETE, path, None, REQUEST_TIMEOUT)
             .await?;
         if status.is_success() || status == StatusCode::NOT_FOUND {
             return Ok(());
         }
         Err(self.api_error(status, &bytes))
     }
+}
+
+/// `/v1/images?reference=<reference>`, the reference percent-encoded (it holds `/` and
+/// `:`, and may hold `@`).
+fn images_path(reference: &str) -> String {
+    let mut path = String::from("/v1/images?reference=");
+    for b in reference.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            path.push(char::from(b));
+        } else {
+            path.push_str(&format!("%{b:02X}"));
+        }
+    }
+    path
 }
 
 #[cfg(test)]
@@ -470,6 +508,56 @@ mod tests {
             checkpoint_id: "c".into(),
         };
         assert_eq!(serde_json::to_value(&k).unwrap()["backend"], "kubelet");
+    }
+
+    #[test]
+    fn a_direct_send_names_the_import_only_when_there_is_one() {
+        let mut r = DirectSendRequest {
+            checkpoint_id: "c".into(),
+            target: "http://10.0.0.12:9411".into(),
+            target_checkpoint_id: "c".into(),
+            import_reference: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&r).unwrap(),
+            serde_json::json!({"checkpoint_id": "c", "target": "http://10.0.0.12:9411",
+                "target_checkpoint_id": "c"}),
+            "the standalone driver's request is unchanged"
+        );
+        r.import_reference = Some("localhost/ms2m/default/mig:c".into());
+        assert_eq!(
+            serde_json::to_value(&r).unwrap()["import_reference"],
+            "localhost/ms2m/default/mig:c"
+        );
+    }
+
+    #[test]
+    fn image_references_are_percent_encoded_in_the_query() {
+        assert_eq!(
+            images_path("localhost/ms2m/default/mig:default.mig-0c5e9a7d"),
+            "/v1/images?reference=localhost%2Fms2m%2Fdefault%2Fmig%3Adefault.mig-0c5e9a7d"
+        );
+        assert_eq!(
+            images_path("r/x@sha256:ab"),
+            "/v1/images?reference=r%2Fx%40sha256%3Aab"
+        );
+    }
+
+    #[test]
+    fn an_imported_reference_is_read_from_the_direct_send_result() {
+        let job: Job = serde_json::from_value(serde_json::json!({
+            "id": "job-1", "kind": "direct_send", "status": "succeeded",
+            "result": {"target": "http://10.0.0.12:9411", "target_checkpoint_id": "c",
+                "received": {"path": "/p", "size_bytes": 1, "bytes_received": 1, "layers": [],
+                    "imported": {"reference": "localhost/ms2m/default/mig:c",
+                        "store": "containers-storage", "image_id": "sha256:00"}}}
+        }))
+        .unwrap();
+        assert_eq!(
+            job.result_at("/received/imported/reference").as_deref(),
+            Some("localhost/ms2m/default/mig:c")
+        );
+        assert_eq!(job.result_at("/received/imported/missing"), None);
     }
 
     #[test]

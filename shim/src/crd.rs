@@ -35,6 +35,7 @@ pub const DEFAULT_PHASE_TIMEOUT_SECONDS: u32 = 300;
     validation = Rule::new("self.spec == oldSelf.spec").message("spec is immutable: delete the migration and create a new one")
 )]
 #[cfg_attr(test, x_kube(cel))]
+#[x_kube(validation = Rule::new("(has(self.transferMode) && self.transferMode == 'Direct') || (has(self.checkpointImageRepository) && self.checkpointImageRepository.size() > 0 && !self.checkpointImageRepository.contains('@') && !self.checkpointImageRepository.endsWith('/'))").message("checkpointImageRepository must be a repository without tag or digest, e.g. registry:5000/ms2m/checkpoints (required with transferMode Registry)"))]
 #[serde(rename_all = "camelCase")]
 pub struct StatefulMigrationSpec {
     /// The pod to migrate, in the migration's namespace.
@@ -49,8 +50,9 @@ pub struct StatefulMigrationSpec {
     #[x_kube(validation = Rule::new("self.size() > 0").message("targetNode must name a node"))]
     #[schemars(length(max = 253))]
     pub target_node: String,
-    /// Repository the checkpoint image is pushed to, e.g. `registry.local:5000/ms2m/checkpoints`.
-    #[x_kube(validation = Rule::new("self.size() > 0 && !self.contains('@') && !self.endsWith('/')").message("checkpointImageRepository must be a repository without tag or digest, e.g. registry:5000/ms2m/checkpoints"))]
+    /// Repository the checkpoint image is pushed to, e.g. `registry.local:5000/ms2m/checkpoints`
+    /// (transferMode Registry; unused with Direct).
+    #[serde(default)]
     #[schemars(length(max = 255))]
     pub checkpoint_image_repository: String,
     /// Cutoff mode: longest time the source keeps serving while the target replays.
@@ -62,6 +64,9 @@ pub struct StatefulMigrationSpec {
     /// Empty: Sequential for StatefulSet pods, ShadowPod otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration_strategy: Option<Strategy>,
+    /// `Registry`: pushed to `checkpointImageRepository`, pulled by the target node.
+    /// `Direct`: sent agent to agent and imported into the target node's image store as
+    /// `localhost/ms2m/<namespace>/<name>:<checkpoint id>`; no registry involved.
     #[serde(default)]
     pub transfer_mode: TransferMode,
     /// Longest time one phase may take before the migration fails and rolls back.
@@ -161,9 +166,11 @@ impl StatefulMigrationSpec {
             return bad("targetNode must name a node");
         }
         let repo = &self.checkpoint_image_repository;
-        if repo.is_empty() || repo.contains('@') || repo.ends_with('/') {
+        if self.transfer_mode == TransferMode::Registry
+            && (repo.is_empty() || repo.contains('@') || repo.ends_with('/'))
+        {
             return bad(
-                "checkpointImageRepository must be a repository without tag or digest, e.g. registry:5000/ms2m/checkpoints",
+                "checkpointImageRepository must be a repository without tag or digest, e.g. registry:5000/ms2m/checkpoints (required with transferMode Registry)",
             );
         }
         if !(1..=3600).contains(&self.replay_cutoff_seconds) {
@@ -278,6 +285,36 @@ mod tests {
         }
         let ok = spec();
         StatefulMigrationSpec::validate_cel(&ok, None).unwrap();
+    }
+
+    #[test]
+    fn direct_mode_needs_no_registry() {
+        let mut v = spec();
+        v["transferMode"] = json!("Direct");
+        v.as_object_mut()
+            .unwrap()
+            .remove("checkpointImageRepository");
+        let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(s.transfer_mode, TransferMode::Direct);
+        s.validate().unwrap();
+        StatefulMigrationSpec::validate_cel(&v, None).unwrap();
+        // Registry still needs one, present or not.
+        v["transferMode"] = json!("Registry");
+        let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .0
+                .contains("required with transferMode Registry")
+        );
+        let cel = format!("{:?}", StatefulMigrationSpec::validate_cel(&v, None));
+        assert!(cel.contains("required with transferMode Registry"), "{cel}");
+        v.as_object_mut().unwrap().remove("transferMode");
+        let cel = format!("{:?}", StatefulMigrationSpec::validate_cel(&v, None));
+        assert!(
+            cel.contains("checkpointImageRepository"),
+            "default mode: {cel}"
+        );
     }
 
     #[test]

@@ -157,6 +157,7 @@ mod tests {
             target_name: "t".into(),
             checkpoint_id: "c".into(),
             checkpoint_image: "r/i:t".into(),
+            import_reference: None,
             queues: QueueNames::new("x", "q", "", "t"),
         }
     }

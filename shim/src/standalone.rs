@@ -470,6 +470,7 @@ impl World for Standalone {
                             checkpoint_id: checkpoint_id.clone(),
                             target: self.s.direct_target.clone().unwrap_or_default(),
                             target_checkpoint_id: checkpoint_id.clone(),
+                            import_reference: None,
                         })
                         .await
                         .map_err(agent_err)?,
@@ -543,6 +544,9 @@ impl World for Standalone {
             Action::ResumeSource => Err(WorldError::permanent(
                 "a stopped standalone source cannot be resumed",
             )),
+            // Never decided here: the plan has no import reference (the target agent
+            // restores from its checkpoint store, nothing enters an image store).
+            Action::DeleteImportedImage { .. } => Ok(()),
         }
     }
 
@@ -598,6 +602,7 @@ pub async fn migrate_with_state(
         target_name: s.target_container.clone(),
         checkpoint_id: s.checkpoint_id.clone(),
         checkpoint_image: s.image.clone().unwrap_or_default(),
+        import_reference: None,
         queues,
     };
     let mut world = Standalone {

@@ -1,5 +1,5 @@
 //! What the controller asks of things other than the Kubernetes API: the node agents
-//! (checkpoint, push) and the broker. The cluster implementation finds the agent on a
+//! (checkpoint, push or Direct send with import, image removal) and the broker. The cluster implementation finds the agent on a
 //! node through its DaemonSet pod and authenticates with the shared token Secret.
 
 use std::collections::HashMap;
@@ -10,7 +10,9 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, api::ListParams};
 use tokio::sync::Mutex;
 
-use crate::agent_client::{AgentAddr, AgentClient, CheckpointRequest, JobStatus, PushRequest};
+use crate::agent_client::{
+    AgentAddr, AgentClient, CheckpointRequest, DirectSendRequest, JobStatus, PushRequest,
+};
 use crate::crd::StatefulMigrationSpec;
 use crate::driver::WorldError;
 use crate::engine::{JobView, QueueNames};
@@ -71,6 +73,30 @@ pub trait Backends: Send + Sync {
         node: &str,
         job: Option<&str>,
     ) -> Result<JobView, WorldError>;
+    /// Starts a Direct send of `checkpoint_id` from the agent on `node` to the agent on
+    /// `target_node`, which imports it into its node's image store as `reference`.
+    async fn start_direct_send(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        target_node: &str,
+        checkpoint_id: &str,
+        reference: &str,
+    ) -> Result<String, WorldError>;
+    /// A Direct send job on `node`; its output is the reference the target imported.
+    async fn direct_send_job(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        job: Option<&str>,
+    ) -> Result<JobView, WorldError>;
+    /// Removes an imported image from `node`'s image store; an absent one is fine.
+    async fn delete_image(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        reference: &str,
+    ) -> Result<(), WorldError>;
     /// Lets go of per-migration state (broker connection) once it is finished.
     async fn forget(&self, m: &MigrationRef);
 }
@@ -154,6 +180,13 @@ impl ClusterBackends {
     }
 
     async fn agent(&self, node: &str) -> Result<AgentClient, WorldError> {
+        let base = self.agent_base(node).await?;
+        let token = self.token().await?;
+        Ok(AgentClient::new(AgentAddr::Tcp { base, token }))
+    }
+
+    /// `http://<pod IP>:<port>` of the agent on `node`.
+    async fn agent_base(&self, node: &str) -> Result<String, WorldError> {
         uses(api_calls::POD_LIST);
         let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.discovery.namespace);
         let lp = ListParams::default()
@@ -170,16 +203,12 @@ impl ClusterBackends {
             .ok_or_else(|| {
                 WorldError::transient(format!("no ready ms2m-agent pod on node {node}"))
             })?;
-        let token = self.token().await?;
         let host = if ip.contains(':') {
             format!("[{ip}]")
         } else {
             ip
         };
-        Ok(AgentClient::new(AgentAddr::Tcp {
-            base: format!("http://{host}:{}", self.discovery.port),
-            token,
-        }))
+        Ok(format!("http://{host}:{}", self.discovery.port))
     }
 
     async fn token(&self) -> Result<String, WorldError> {
@@ -373,6 +402,76 @@ impl Backends for ClusterBackends {
                 None => JobView::NotStarted,
             },
         )
+    }
+
+    async fn start_direct_send(
+        &self,
+        _m: &MigrationRef,
+        node: &str,
+        target_node: &str,
+        checkpoint_id: &str,
+        reference: &str,
+    ) -> Result<String, WorldError> {
+        let target = self.agent(target_node).await?;
+        // A send repeated after the source agent forgot the first one (restart) would be
+        // refused by the target while it holds the checkpoint the first one delivered.
+        // Only this migration writes that id there; the imported image does not depend
+        // on it. 409 (a receive still running) is transient: retried later.
+        target
+            .delete_checkpoint(checkpoint_id)
+            .await
+            .map_err(agent_err)?;
+        let req = DirectSendRequest {
+            checkpoint_id: checkpoint_id.into(),
+            target: target.addr().to_string(),
+            target_checkpoint_id: checkpoint_id.into(),
+            import_reference: Some(reference.into()),
+        };
+        let source = self.agent(node).await?;
+        source
+            .start_direct_send(&req)
+            .await
+            .map(|j| j.id)
+            .map_err(agent_err)
+    }
+
+    async fn direct_send_job(
+        &self,
+        _m: &MigrationRef,
+        node: &str,
+        job: Option<&str>,
+    ) -> Result<JobView, WorldError> {
+        let Some(id) = job else {
+            return Ok(JobView::NotStarted);
+        };
+        let agent = self.agent(node).await?;
+        let Some(j) = agent.job(id, Duration::ZERO).await.map_err(agent_err)? else {
+            return Ok(JobView::NotStarted);
+        };
+        let imported = j.result_at("/received/imported/reference");
+        if j.status == JobStatus::Succeeded && imported.is_none() {
+            // Restoring needs the image in the node's store; an archive alone is useless.
+            return Ok(JobView::Failed {
+                reason: format!(
+                    "direct send job {} succeeded without importing the checkpoint into the target node's image store (target agent without image import?)",
+                    j.id
+                ),
+            });
+        }
+        Ok(view(&j, imported))
+    }
+
+    async fn delete_image(
+        &self,
+        _m: &MigrationRef,
+        node: &str,
+        reference: &str,
+    ) -> Result<(), WorldError> {
+        self.agent(node)
+            .await?
+            .delete_image(reference)
+            .await
+            .map_err(agent_err)
     }
 
     async fn forget(&self, m: &MigrationRef) {

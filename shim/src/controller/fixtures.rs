@@ -168,6 +168,17 @@ pub enum Call {
         image: String,
     },
     PushJob(Option<String>),
+    StartDirectSend {
+        node: String,
+        target_node: String,
+        id: String,
+        reference: String,
+    },
+    DirectSendJob(Option<String>),
+    DeleteImage {
+        node: String,
+        reference: String,
+    },
 }
 
 #[derive(Default)]
@@ -176,6 +187,9 @@ pub struct ScriptedBackends {
     pub depths: Mutex<VecDeque<Option<u64>>>,
     pub checkpoint_jobs: Mutex<VecDeque<JobView>>,
     pub push_jobs: Mutex<VecDeque<JobView>>,
+    pub direct_jobs: Mutex<VecDeque<JobView>>,
+    /// Set: `delete_image` fails with this (transient) error.
+    pub delete_image_error: Mutex<Option<String>>,
 }
 
 impl ScriptedBackends {
@@ -277,6 +291,51 @@ impl Backends for ScriptedBackends {
             .unwrap()
             .pop_front()
             .expect("a scripted push job"))
+    }
+    async fn start_direct_send(
+        &self,
+        _: &MigrationRef,
+        node: &str,
+        target_node: &str,
+        id: &str,
+        reference: &str,
+    ) -> Result<String, WorldError> {
+        self.record(Call::StartDirectSend {
+            node: node.into(),
+            target_node: target_node.into(),
+            id: id.into(),
+            reference: reference.into(),
+        });
+        Ok("job-direct-1".into())
+    }
+    async fn direct_send_job(
+        &self,
+        _: &MigrationRef,
+        _: &str,
+        job: Option<&str>,
+    ) -> Result<JobView, WorldError> {
+        self.record(Call::DirectSendJob(job.map(str::to_owned)));
+        Ok(self
+            .direct_jobs
+            .lock()
+            .unwrap()
+            .pop_front()
+            .expect("a scripted direct send job"))
+    }
+    async fn delete_image(
+        &self,
+        _: &MigrationRef,
+        node: &str,
+        reference: &str,
+    ) -> Result<(), WorldError> {
+        self.record(Call::DeleteImage {
+            node: node.into(),
+            reference: reference.into(),
+        });
+        match self.delete_image_error.lock().unwrap().clone() {
+            Some(e) => Err(WorldError::transient(e)),
+            None => Ok(()),
+        }
     }
     async fn forget(&self, _: &MigrationRef) {}
 }

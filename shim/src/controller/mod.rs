@@ -37,7 +37,7 @@ pub use backends::{AgentDiscovery, Backends, ClusterBackends, MigrationRef};
 
 use crate::crd::{FINALIZER, StatefulMigration};
 use crate::driver::{self, WorldError};
-use crate::engine::{Next, Phase, Plan, QueueNames, Strategy, Transition};
+use crate::engine::{Next, Phase, Plan, QueueNames, Strategy, TransferMode, Transition};
 use world::KubeWorld;
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +120,8 @@ fn plan_with(m: &StatefulMigration, resolved: Option<Strategy>) -> Result<(Plan,
         &mq.routing_key,
         &target_name,
     );
+    let import_reference = (spec.transfer_mode == TransferMode::Direct)
+        .then(|| target_pod::local_image_reference(&ns, &name, &checkpoint_id));
     let plan = Plan {
         replay_mode: spec.replay_mode,
         replay_cutoff: spec.replay_cutoff(),
@@ -130,6 +132,7 @@ fn plan_with(m: &StatefulMigration, resolved: Option<Strategy>) -> Result<(Plan,
         target_name,
         checkpoint_id,
         checkpoint_image: format!("{}:{tag}", spec.checkpoint_image_repository),
+        import_reference,
         queues: queues.clone(),
     };
     let mref = MigrationRef {

@@ -1,5 +1,6 @@
 //! The target pod: a copy of the source pod that runs the checkpoint image on the target
-//! node.
+//! node, pulled from the registry (Registry mode) or already in the node's image store
+//! (Direct mode: imported by the target agent under [`local_image_reference`]).
 //!
 //! Decisions: the pod is pinned with `spec.nodeName` (the node was validated in
 //! `Pending`; going through the scheduler could place it elsewhere or leave it pending
@@ -31,6 +32,95 @@ const ADOPTION_LABELS: &[&str] = &[
     "apps.kubernetes.io/pod-index",
 ];
 
+/// Where the target node's runtime gets the checkpoint image from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageSource {
+    /// Pulled from the registry the source agent pushed to (`IfNotPresent`).
+    Registry,
+    /// Already in the node's image store, imported there by the target agent (Direct
+    /// mode): `Never`. A pull of the local reference could only fail, and would report a
+    /// missing import as a registry error.
+    NodeStore,
+}
+
+impl ImageSource {
+    fn pull_policy(self) -> &'static str {
+        match self {
+            ImageSource::Registry => "IfNotPresent",
+            ImageSource::NodeStore => "Never",
+        }
+    }
+}
+
+/// Longest repository name a reference may have (distribution's `NameTotalLengthMax`).
+const MAX_NAME: usize = 255;
+const MAX_TAG: usize = 128;
+
+/// The local reference a Direct transfer imports the checkpoint under on the target node:
+/// `localhost/ms2m/<namespace>/<migration>:<checkpoint id>`. `localhost/` is what CRI-O and
+/// containerd use for images that come from no registry. Kubernetes names already fit the
+/// reference grammar; anything else is mapped into it (lowercase, `[a-z0-9]` joined by
+/// `.`, `_`, `__` or dashes), and the migration's component is shortened to keep the name
+/// within 255 characters. The tag carries the checkpoint id, which contains the
+/// migration's uid, so shortening never makes two migrations share a reference.
+pub fn local_image_reference(namespace: &str, migration: &str, checkpoint_id: &str) -> String {
+    let prefix = "localhost/ms2m/";
+    let ns = component(namespace, 63);
+    let room = MAX_NAME - prefix.len() - ns.len() - 1;
+    let name = component(migration, room);
+    format!("{prefix}{ns}/{name}:{}", tag(checkpoint_id))
+}
+
+/// One path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`, at most `max` characters.
+fn component(s: &str, max: usize) -> String {
+    let mut out = String::new();
+    let mut sep = String::new();
+    for c in s.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            if !out.is_empty() && !sep.is_empty() {
+                let valid =
+                    matches!(sep.as_str(), "." | "_" | "__") || sep.chars().all(|x| x == '-');
+                out.push_str(if valid { &sep } else { "-" });
+            }
+            sep.clear();
+            out.push(c);
+        } else {
+            sep.push(if matches!(c, '.' | '_') { c } else { '-' });
+        }
+    }
+    // ASCII only, so any byte length is a char boundary; a cut may end on a separator.
+    out.truncate(max);
+    while out.ends_with(['.', '_', '-']) {
+        out.pop();
+    }
+    if out.is_empty() {
+        out.push('m');
+    }
+    out
+}
+
+/// A tag: `[a-z0-9_][a-z0-9_.-]{0,127}` (the grammar allows upper case; stores differ in
+/// how they treat it, so none is used).
+fn tag(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .flat_map(char::to_lowercase)
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .skip_while(|c| matches!(c, '.' | '-'))
+        .take(MAX_TAG)
+        .collect();
+    if out.is_empty() {
+        out.push_str("checkpoint");
+    }
+    out
+}
+
 /// Builds the target pod from the source pod.
 pub fn build(
     source: &Pod,
@@ -38,6 +128,7 @@ pub fn build(
     target_name: &str,
     target_node: &str,
     image: &str,
+    from: ImageSource,
     migration: &str,
 ) -> Pod {
     let mut labels: BTreeMap<String, String> = source
@@ -58,7 +149,7 @@ pub fn build(
         (ANNOTATION_IMAGE.to_owned(), image.to_owned()),
     ]);
     let mut spec = source.spec.clone().unwrap_or_default();
-    pin(&mut spec, container, target_node, image);
+    pin(&mut spec, container, target_node, image, from);
     // The StatefulSet's hostname/subdomain belong to the source's identity.
     spec.hostname = None;
     spec.subdomain = None;
@@ -115,6 +206,7 @@ pub fn build_for_statefulset(
     container: &str,
     target_node: &str,
     image: &str,
+    from: ImageSource,
     migration: &str,
 ) -> Pod {
     let sts_name = sts.metadata.name.clone().unwrap_or_default();
@@ -161,7 +253,7 @@ pub fn build_for_statefulset(
     if volumes.is_empty() {
         pod_spec.volumes = None;
     }
-    pin(&mut pod_spec, container, target_node, image);
+    pin(&mut pod_spec, container, target_node, image, from);
     pod_spec.hostname = Some(name.clone());
     pod_spec.subdomain = spec.service_name.clone().filter(|s| !s.is_empty());
     Pod {
@@ -191,7 +283,7 @@ pub fn is_target_of(pod: &Pod, migration: &str) -> bool {
         && labels.and_then(|l| l.get(LABEL_ROLE)).map(String::as_str) == Some("target")
 }
 
-fn pin(spec: &mut PodSpec, container: &str, target_node: &str, image: &str) {
+fn pin(spec: &mut PodSpec, container: &str, target_node: &str, image: &str, from: ImageSource) {
     spec.node_name = Some(target_node.into());
     // Scheduling constraints are moot with nodeName and may contradict the target node.
     spec.affinity = None;
@@ -201,7 +293,7 @@ fn pin(spec: &mut PodSpec, container: &str, target_node: &str, image: &str) {
     for c in &mut spec.containers {
         if c.name == container {
             c.image = Some(image.into());
-            c.image_pull_policy = Some("IfNotPresent".into());
+            c.image_pull_policy = Some(from.pull_policy().into());
         }
     }
 }
@@ -226,12 +318,17 @@ mod tests {
             "counter-m1",
             "node-b",
             "reg/ckpt:x",
+            ImageSource::Registry,
             "mig",
         );
         let spec = t.spec.unwrap();
         assert_eq!(spec.node_name.as_deref(), Some("node-b"));
         assert_eq!(spec.node_selector, None);
         assert_eq!(spec.containers[0].image.as_deref(), Some("reg/ckpt:x"));
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("IfNotPresent")
+        );
         assert_eq!(spec.containers[1].image.as_deref(), Some("side:1"));
         let labels = t.metadata.labels.unwrap();
         assert_eq!(labels.get("app").map(String::as_str), Some("counter"));
@@ -239,5 +336,123 @@ mod tests {
         assert_eq!(labels.get(LABEL_ROLE).map(String::as_str), Some("target"));
         assert!(t.metadata.owner_references.is_none());
         assert_eq!(t.metadata.namespace.as_deref(), Some("shop"));
+    }
+
+    /// Distribution's reference grammar for `localhost/<path>:<tag>`.
+    fn is_valid_local_reference(r: &str) -> bool {
+        let Some((name, tag)) = r.rsplit_once(':') else {
+            return false;
+        };
+        let Some(path) = name.strip_prefix("localhost/") else {
+            return false;
+        };
+        let component_ok = |c: &str| {
+            let b = c.as_bytes();
+            let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+            if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+                return false;
+            }
+            // Separators between alnum runs: ".", "_", "__" or one or more "-".
+            c.split(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
+                .filter(|sep| !sep.is_empty())
+                .all(|sep| matches!(sep, "." | "_" | "__") || sep.chars().all(|ch| ch == '-'))
+                && c.chars().all(|ch| {
+                    ch.is_ascii_lowercase() || ch.is_ascii_digit() || matches!(ch, '.' | '_' | '-')
+                })
+        };
+        let tag_ok = !tag.is_empty()
+            && tag.len() <= 128
+            && !tag.starts_with(['.', '-'])
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        name.len() <= 255 && path.split('/').all(component_ok) && tag_ok
+    }
+
+    #[test]
+    fn the_local_reference_of_a_migration_is_its_namespace_name_and_checkpoint() {
+        let r = local_image_reference("default", "mig", "default.mig-0c5e9a7d");
+        assert_eq!(r, "localhost/ms2m/default/mig:default.mig-0c5e9a7d");
+        assert!(is_valid_local_reference(&r));
+        // Deterministic: a restarted controller computes the same.
+        assert_eq!(
+            r,
+            local_image_reference("default", "mig", "default.mig-0c5e9a7d")
+        );
+        // Dots of a DNS subdomain name are valid separators and stay.
+        assert_eq!(
+            local_image_reference("shop", "counter.to-b", "shop.counter.to-b-0c5e9a7d"),
+            "localhost/ms2m/shop/counter.to-b:shop.counter.to-b-0c5e9a7d"
+        );
+    }
+
+    #[test]
+    fn any_name_maps_to_a_valid_reference() {
+        let long = "a".repeat(253);
+        let (ns63, tag200) = ("n".repeat(63), "t".repeat(200));
+        // Shortened right after a dot.
+        let cut_at_dot = format!("{}.{}", "a".repeat(175), "b".repeat(60));
+        let cases = [
+            ("Default", "Mig", "Ckpt-1"),
+            ("ns", "a..b", "c"),
+            ("ns", "a.-b_-c___d", "c"),
+            ("ns", "-lead.trail-", ".x"),
+            ("ns", "über/mig:1@x", "-Tag:With/Odd@chars"),
+            ("", "", ""),
+            ("ns", "...", "..."),
+            (ns63.as_str(), long.as_str(), tag200.as_str()),
+            ("ns", cut_at_dot.as_str(), "c"),
+        ];
+        for (ns, name, id) in cases {
+            let r = local_image_reference(ns, name, id);
+            assert!(
+                is_valid_local_reference(&r),
+                "{ns:?} {name:?} {id:?} gave the invalid {r:?}"
+            );
+            assert!(r.starts_with("localhost/ms2m/"), "{r}");
+        }
+        assert_eq!(
+            local_image_reference("Default", "Mig", "Ckpt-1"),
+            "localhost/ms2m/default/mig:ckpt-1"
+        );
+        assert_eq!(
+            local_image_reference("ns", "a..b", "c"),
+            "localhost/ms2m/ns/a-b:c"
+        );
+        let r = local_image_reference("n".repeat(63).as_str(), &long, "t");
+        assert_eq!(r.rsplit_once(':').unwrap().0.len(), 255);
+    }
+
+    #[test]
+    fn a_target_from_the_node_store_is_never_pulled() {
+        let source: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "counter-0", "namespace": "shop"},
+            "spec": {"nodeName": "node-a",
+                "containers": [{"name": "counter", "image": "counter:1", "imagePullPolicy": "Always"},
+                    {"name": "sidecar", "image": "side:1", "imagePullPolicy": "Always"}]}
+        }))
+        .unwrap();
+        let reference = "localhost/ms2m/shop/mig:c";
+        let t = build(
+            &source,
+            "counter",
+            "counter-0-m1",
+            "node-b",
+            reference,
+            ImageSource::NodeStore,
+            "mig",
+        );
+        let spec = t.spec.unwrap();
+        assert_eq!(spec.node_name.as_deref(), Some("node-b"));
+        assert_eq!(spec.containers[0].image.as_deref(), Some(reference));
+        assert_eq!(
+            spec.containers[0].image_pull_policy.as_deref(),
+            Some("Never")
+        );
+        // The other containers come from wherever they came from before.
+        assert_eq!(
+            spec.containers[1].image_pull_policy.as_deref(),
+            Some("Always")
+        );
     }
 }

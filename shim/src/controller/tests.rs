@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::fixtures::*;
 use super::{Error, reconcile};
-use crate::engine::{JobView, Phase, PhaseTiming, Progress, StepState, Strategy};
+use crate::engine::{JobView, Phase, PhaseTiming, Progress, StepState, Strategy, TransferMode};
 use crate::messaging::ControlMessage;
 
 const MIG_STATUS: &str = "mig";
@@ -783,4 +783,361 @@ async fn completed_migrations_are_left_alone() {
     let action = run(migration(Some(p)), ctx, scenario).await.unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     assert!(backends.calls().is_empty());
+}
+
+// ---------- Direct: agent to agent, imported into the target node's image store ----------
+
+const CKPT: &str = "default.mig-0c5e9a7d";
+const LOCAL_IMAGE: &str = "localhost/ms2m/default/mig:default.mig-0c5e9a7d";
+
+fn direct_migration(p: Option<Progress>) -> crate::crd::StatefulMigration {
+    let mut obj = migration(p);
+    obj.spec.transfer_mode = TransferMode::Direct;
+    obj
+}
+
+/// Runs one reconcile against a scenario that hands the verifier (and what it saw) back,
+/// so a test can follow a migration over several reconciles.
+async fn reconcile_with<T>(
+    obj: crate::crd::StatefulMigration,
+    ctx: Arc<super::Context>,
+    scenario: tokio::task::JoinHandle<T>,
+) -> (kube::runtime::controller::Action, T) {
+    let res = reconcile(Arc::new(obj), ctx).await;
+    let seen = tokio::time::timeout(Duration::from_secs(10), scenario)
+        .await
+        .expect("scenario finished")
+        .expect("scenario assertions held");
+    (res.expect("reconcile succeeded"), seen)
+}
+
+#[test]
+fn direct_mode_plans_an_import_under_a_local_reference() {
+    let (plan, _) = super::plan_for(&direct_migration(None)).unwrap();
+    assert_eq!(plan.import_reference.as_deref(), Some(LOCAL_IMAGE));
+    assert_eq!(plan.checkpoint_id, CKPT);
+    let (plan, _) = super::plan_for(&migration(None)).unwrap();
+    assert_eq!(plan.import_reference, None, "Registry imports nothing");
+}
+
+#[tokio::test]
+async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image() {
+    let (ctx, mut api, backends) = test_context();
+    backends.depths.lock().unwrap().extend([Some(0), Some(0)]);
+    backends
+        .checkpoint_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Succeeded {
+            output: CKPT.into(),
+        });
+    backends
+        .direct_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Running);
+
+    // 1: Pending → Checkpointing → Transferring: the direct send, announced first.
+    let b = backends.clone();
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(
+            st.progress.phase,
+            Phase::Checkpointing,
+            "Direct is accepted"
+        );
+        api.status_put(MIG_STATUS).await; // replay topology done
+        assert_eq!(api.event().await.0, "Checkpointing");
+        api.status_put(MIG_STATUS).await; // checkpoint intended
+        api.status_put(MIG_STATUS).await; // checkpoint done
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Transferring);
+        assert_eq!(st.progress.steps.transfer, StepState::Intended);
+        assert_eq!(
+            st.progress.checkpoint_image.as_deref(),
+            Some(LOCAL_IMAGE),
+            "the reference is in the status before the send starts"
+        );
+        assert!(
+            !b.calls()
+                .iter()
+                .any(|c| matches!(c, Call::StartDirectSend { .. })),
+            "status is written before the side effect"
+        );
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.transfer, StepState::Done);
+        assert_eq!(st.progress.transfer_job.as_deref(), Some("job-direct-1"));
+        assert_eq!(api.event().await.0, "Transferring");
+        (api, st)
+    });
+    let (action, (mut api, st)) =
+        reconcile_with(direct_migration(None), ctx.clone(), scenario).await;
+    assert_eq!(
+        action,
+        kube::runtime::controller::Action::requeue(crate::engine::POLL)
+    );
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::Topology,
+            Call::Depth("orders".into()),
+            Call::Depth(REPLAY.into()),
+            Call::StartCheckpoint {
+                node: "node-a".into(),
+                pod: "counter-0".into(),
+                container: "counter".into(),
+                id: CKPT.into()
+            },
+            Call::CheckpointJob(Some("job-ckpt-1".into())),
+            Call::StartDirectSend {
+                node: "node-a".into(),
+                target_node: "node-b".into(),
+                id: CKPT.into(),
+                reference: LOCAL_IMAGE.into()
+            },
+            Call::DirectSendJob(Some("job-direct-1".into())),
+        ]
+    );
+
+    // 2: the import is done → Restoring: the target pod runs the local image, never pulled.
+    backends
+        .direct_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Succeeded {
+            output: LOCAL_IMAGE.into(),
+        });
+    let scenario = tokio::spawn(async move {
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Restoring);
+        assert_eq!(st.progress.checkpoint_image.as_deref(), Some(LOCAL_IMAGE));
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        let created = api
+            .expect(Method::POST, PODS, StatusCode::CREATED, None)
+            .await;
+        let pod = created.body;
+        assert_eq!(pod["metadata"]["name"], TARGET);
+        assert_eq!(pod["spec"]["nodeName"], "node-b");
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["name"], "counter");
+        assert_eq!(c["image"], LOCAL_IMAGE);
+        assert_eq!(c["imagePullPolicy"], "Never");
+        assert_eq!(
+            pod["metadata"]["annotations"]["migration.ms2m.io/checkpoint-image"],
+            LOCAL_IMAGE
+        );
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.create_target, StepState::Done);
+        assert_eq!(api.event().await.0, "Restoring");
+        api.get(
+            &format!("{PODS}/{TARGET}"),
+            pod_in_phase(TARGET, "Pending", Some("ContainerCreating")),
+        )
+        .await;
+        (api, st)
+    });
+    let (_, (mut api, st)) =
+        reconcile_with(direct_migration(Some(st.progress)), ctx.clone(), scenario).await;
+
+    // 3: Running → replay, stop the source once caught up, finalize; the image stays (the
+    // target runs from it).
+    backends
+        .depths
+        .lock()
+        .unwrap()
+        .extend([Some(0), Some(0), Some(0)]);
+    let scenario = tokio::spawn(async move {
+        api.get(
+            &format!("{PODS}/{TARGET}"),
+            pod_in_phase(TARGET, "Running", None),
+        )
+        .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Replaying);
+        api.status_put(MIG_STATUS).await; // START_REPLAY sent
+        assert_eq!(api.event().await.0, "Replaying");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.replay.stop_reason.as_deref(), Some("CaughtUp"));
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.expect(
+            Method::PATCH,
+            &format!("{PODS}/counter-0"),
+            StatusCode::OK,
+            Some(source_pod("ReplicaSet")),
+        )
+        .await;
+        api.expect(
+            Method::PATCH,
+            &format!("{PODS}/{TARGET}"),
+            StatusCode::OK,
+            Some(pod_in_phase(TARGET, "Running", None)),
+        )
+        .await;
+        api.expect(
+            Method::DELETE,
+            &format!("{PODS}/counter-0"),
+            StatusCode::OK,
+            Some(source_pod("ReplicaSet")),
+        )
+        .await;
+        api.status_put(MIG_STATUS).await; // source stopped
+        api.not_found(Method::GET, &format!("{PODS}/counter-0"))
+            .await;
+        api.status_put(MIG_STATUS).await; // unbind intended
+        api.status_put(MIG_STATUS).await; // unbind done
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Finalizing);
+        api.status_put(MIG_STATUS).await; // END_REPLAY
+        api.status_put(MIG_STATUS).await; // replay queue deleted
+        api.not_found(Method::DELETE, &format!("{PODS}/counter-0"))
+            .await;
+        api.status_put(MIG_STATUS).await;
+        assert_eq!(api.event().await.0, "Finalizing");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Completed);
+        assert_eq!(st.progress.checkpoint_image.as_deref(), Some(LOCAL_IMAGE));
+        assert_eq!(api.event().await.0, "Completed");
+        api.done().await;
+    });
+    let (action, ()) = reconcile_with(direct_migration(Some(st.progress)), ctx, scenario).await;
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    let calls = backends.calls();
+    assert!(
+        !calls.iter().any(|c| matches!(c, Call::DeleteImage { .. })),
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls.last(),
+        Some(&Call::DeleteReplay),
+        "no further agent work after the import"
+    );
+}
+
+#[tokio::test]
+async fn a_direct_target_without_its_image_is_rolled_back_and_the_image_removed() {
+    let (ctx, mut api, backends) = test_context();
+    let mut p = progress_at(Phase::Restoring, Strategy::ShadowPod, 1);
+    p.checkpoint_image = Some(LOCAL_IMAGE.into());
+    p.steps.create_target = StepState::Done;
+    let scenario = tokio::spawn(async move {
+        // Never pulled and not in the node's store: it never will be, so no waiting for
+        // the phase timeout.
+        api.get(
+            &format!("{PODS}/{TARGET}"),
+            pod_in_phase(TARGET, "Pending", Some("ErrImageNeverPull")),
+        )
+        .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::RollingBack);
+        let reason = st.progress.failure.unwrap().reason;
+        assert!(reason.contains("ErrImageNeverPull"), "{reason}");
+        assert_eq!(st.progress.steps.delete_image, StepState::Intended);
+        api.expect(
+            Method::DELETE,
+            &format!("{PODS}/{TARGET}"),
+            StatusCode::OK,
+            Some(pod_in_phase(TARGET, "Pending", None)),
+        )
+        .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_target, StepState::Done);
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_replay, StepState::Done);
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_image, StepState::Done);
+        assert_eq!(api.event().await.0, "RollingBack");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        assert!(st.progress.failure.unwrap().rolled_back);
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    let action = run(direct_migration(Some(p)), ctx, scenario).await.unwrap();
+    assert_eq!(action, kube::runtime::controller::Action::await_change());
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::DeleteReplay,
+            Call::DeleteImage {
+                node: "node-b".into(),
+                reference: LOCAL_IMAGE.into()
+            },
+        ],
+        "the image goes after the pod that uses it"
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_direct_migration_mid_transfer_reports_a_failed_image_removal_and_still_finishes()
+ {
+    let (ctx, mut api, backends) = test_context();
+    let mut p = progress_at(Phase::Transferring, Strategy::ShadowPod, 5);
+    p.checkpoint_image = Some(LOCAL_IMAGE.into());
+    p.transfer_job = Some("job-direct-1".into());
+    let mut obj = direct_migration(Some(p));
+    obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        Timestamp::now(),
+    ));
+    backends
+        .direct_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Running);
+    *backends.delete_image_error.lock().unwrap() =
+        Some("agent at http://10.0.0.12:9411 unreachable".into());
+    let scenario = tokio::spawn(async move {
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::RollingBack);
+        api.status_put(MIG_STATUS).await; // replay queue deleted
+        let ev = api
+            .expect(
+                Method::POST,
+                "/apis/events.k8s.io/v1/namespaces/default/events",
+                StatusCode::CREATED,
+                None,
+            )
+            .await;
+        assert_eq!(ev.body["type"], "Warning");
+        assert_eq!(ev.body["reason"], "ImageCleanupFailed");
+        let note = ev.body["note"].as_str().unwrap_or_default();
+        assert!(
+            note.contains(LOCAL_IMAGE) && note.contains("node-b") && note.contains("unreachable"),
+            "{note}"
+        );
+        // Best effort: recorded as done, never retried.
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.steps.delete_image, StepState::Done);
+        assert_eq!(api.event().await.0, "RollingBack");
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        assert!(st.progress.failure.unwrap().rolled_back);
+        assert_eq!(api.event().await.0, "Failed");
+        let seen = api
+            .expect(
+                Method::PATCH,
+                "/apis/migration.ms2m.io/v1alpha1/namespaces/default/statefulmigrations/mig",
+                StatusCode::OK,
+                Some(serde_json::to_value(migration(None)).unwrap()),
+            )
+            .await;
+        assert_eq!(seen.body[1]["op"], "remove", "the finalizer is released");
+        api.done().await;
+    });
+    run(obj, ctx, scenario).await.unwrap();
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::DirectSendJob(Some("job-direct-1".into())),
+            Call::DeleteReplay,
+            Call::DeleteImage {
+                node: "node-b".into(),
+                reference: LOCAL_IMAGE.into()
+            },
+        ]
+    );
 }

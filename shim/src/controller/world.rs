@@ -6,14 +6,16 @@ use std::sync::Arc;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::{
-    Api, ResourceExt,
+    Api, Resource, ResourceExt,
     api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions},
+    runtime::events::{Event, EventType},
 };
 use serde_json::json;
+use tracing::warn;
 
 use super::api_calls::{self as calls, ApiCall};
 use super::backends::MigrationRef;
-use super::target_pod;
+use super::target_pod::{self, ImageSource};
 use super::{Context, Error};
 use crate::crd::{Condition, StatefulMigration, StatefulMigrationStatus};
 use crate::driver::{World, WorldError};
@@ -177,11 +179,16 @@ impl KubeWorld {
             },
             _ => match waiting.as_deref() {
                 // Restoring again would fail the same way: stop now, not at the timeout.
-                Some(r @ ("CrashLoopBackOff" | "CreateContainerError" | "InvalidImageName")) => {
-                    TargetView::Failed {
-                        reason: r.to_owned(),
-                    }
-                }
+                // ErrImageNeverPull: the imported image is not in the node's store, and
+                // with `imagePullPolicy: Never` it never will be.
+                Some(
+                    r @ ("CrashLoopBackOff"
+                    | "CreateContainerError"
+                    | "InvalidImageName"
+                    | "ErrImageNeverPull"),
+                ) => TargetView::Failed {
+                    reason: r.to_owned(),
+                },
                 _ => TargetView::Pending { reason: waiting },
             },
         })
@@ -202,7 +209,12 @@ impl KubeWorld {
     /// Sequential target: the StatefulSet's pod, built from its template (the source pod
     /// is gone by now). A 409 is an earlier attempt's pod only if it is ours: under the
     /// source's name it may be a pod the StatefulSet made after someone scaled it up.
-    async fn create_sequential_target(&self, node: &str, image: &str) -> Result<(), WorldError> {
+    async fn create_sequential_target(
+        &self,
+        node: &str,
+        image: &str,
+        from: ImageSource,
+    ) -> Result<(), WorldError> {
         let (sts, ordinal) = self.statefulset_of()?;
         uses(calls::STATEFULSET_GET);
         let set = self
@@ -223,8 +235,15 @@ impl KubeWorld {
             .clone()
             .or(first)
             .ok_or_else(|| WorldError::permanent("the StatefulSet's template has no container"))?;
-        let pod =
-            target_pod::build_for_statefulset(&set, ordinal, &container, node, image, &self.m.name);
+        let pod = target_pod::build_for_statefulset(
+            &set,
+            ordinal,
+            &container,
+            node,
+            image,
+            from,
+            &self.m.name,
+        );
         uses(calls::POD_CREATE);
         match self.pods().create(&PostParams::default(), &pod).await {
             Ok(_) => Ok(()),
@@ -403,11 +422,40 @@ impl KubeWorld {
         }
     }
 
+    /// A Warning event on the migration, for what goes wrong without failing it.
+    async fn warn(&self, reason: &str, note: String) {
+        uses(calls::EVENT_CREATE);
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(super::truncate(&note, 1000)),
+            action: "Migrate".into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.obj.object_ref(&()))
+            .await
+        {
+            warn!(error = %e, "could not publish event");
+        }
+    }
+
     /// The pod a ShadowPod target is built from.
     async fn template(&mut self) -> Result<Pod, WorldError> {
         self.get_source().await?.ok_or_else(|| {
             WorldError::permanent("the source pod disappeared before the target was created")
         })
+    }
+}
+
+/// A Direct transfer leaves the checkpoint image in the target node's store; a Registry
+/// transfer leaves it in the registry.
+fn image_source(plan: &Plan) -> ImageSource {
+    match plan.transfer_mode {
+        TransferMode::Registry => ImageSource::Registry,
+        TransferMode::Direct => ImageSource::NodeStore,
     }
 }
 
@@ -455,12 +503,6 @@ impl World for KubeWorld {
                     obs.fatal = Some(e.to_string());
                     return Ok(obs);
                 }
-                if plan.transfer_mode == TransferMode::Direct {
-                    obs.fatal = Some(
-                        "transferMode Direct is not available in Kubernetes yet (the runtime restores from an image); use Registry".into(),
-                    );
-                    return Ok(obs);
-                }
                 obs.source = self.source_view().await?;
                 obs.target_node_ready = self.node_ready(&plan.target_node).await?;
                 let sequential = plan
@@ -491,11 +533,12 @@ impl World for KubeWorld {
                     .await?;
             }
             Phase::Transferring if progress.steps.transfer != StepState::NotStarted => {
-                obs.transfer = self
-                    .ctx
-                    .backends
-                    .push_job(&self.m, &source_node, progress.transfer_job.as_deref())
-                    .await?;
+                let b = &self.ctx.backends;
+                let job = progress.transfer_job.as_deref();
+                obs.transfer = match plan.transfer_mode {
+                    TransferMode::Registry => b.push_job(&self.m, &source_node, job).await?,
+                    TransferMode::Direct => b.direct_send_job(&self.m, &source_node, job).await?,
+                };
             }
             Phase::Restoring => {
                 let strategy = progress.strategy.unwrap_or(Strategy::ShadowPod);
@@ -557,14 +600,24 @@ impl World for KubeWorld {
                 mode,
                 image,
             } => {
-                if *mode == TransferMode::Direct {
-                    return Err(WorldError::permanent(
-                        "transferMode Direct is not available in Kubernetes",
-                    ));
-                }
-                let job = b
-                    .start_push(&self.m, &source_node, checkpoint_id, image)
-                    .await?;
+                let job = match mode {
+                    TransferMode::Registry => {
+                        b.start_push(&self.m, &source_node, checkpoint_id, image)
+                            .await?
+                    }
+                    // The runtime restores only from an image in the node's store: the
+                    // target agent imports what it receives under `image`.
+                    TransferMode::Direct => {
+                        b.start_direct_send(
+                            &self.m,
+                            &source_node,
+                            &plan.target_node,
+                            checkpoint_id,
+                            image,
+                        )
+                        .await?
+                    }
+                };
                 crate::engine::record_job(progress, action, &job);
                 Ok(())
             }
@@ -576,14 +629,23 @@ impl World for KubeWorld {
                 }
             },
             Action::CreateTarget { image, node, .. } if strategy == Strategy::Sequential => {
-                self.create_sequential_target(node, image).await
+                self.create_sequential_target(node, image, image_source(plan))
+                    .await
             }
             Action::CreateTarget { name, image, node } => {
                 let template = self.template().await?;
                 let container = self
                     .container_name(Some(&template))
                     .ok_or_else(|| WorldError::permanent("the source has no container"))?;
-                let pod = target_pod::build(&template, &container, name, node, image, &self.m.name);
+                let pod = target_pod::build(
+                    &template,
+                    &container,
+                    name,
+                    node,
+                    image,
+                    image_source(plan),
+                    &self.m.name,
+                );
                 uses(calls::POD_CREATE);
                 match self.pods().create(&PostParams::default(), &pod).await {
                     Ok(_) => Ok(()),
@@ -617,8 +679,27 @@ impl World for KubeWorld {
             Action::DeleteTarget { name } => self.delete_target(name, strategy).await,
             Action::ResumeSource => {
                 let (_, ordinal) = self.statefulset_of()?;
-                let _ = plan;
                 self.scale_statefulset(ordinal + 1).await
+            }
+            Action::DeleteImportedImage { reference } => {
+                // Best effort: a leftover image costs disk space on one node (and the
+                // kubelet's image GC removes unused images under disk pressure); holding
+                // the rollback for it would cost more.
+                if let Err(e) = b.delete_image(&self.m, &plan.target_node, reference).await {
+                    warn!(
+                        migration = %self.m.name, %reference, node = %plan.target_node, error = %e,
+                        "could not remove the imported checkpoint image"
+                    );
+                    self.warn(
+                        "ImageCleanupFailed",
+                        format!(
+                            "checkpoint image {reference} left in the image store of node {}: {e}",
+                            plan.target_node
+                        ),
+                    )
+                    .await;
+                }
+                Ok(())
             }
         }
     }

@@ -311,10 +311,21 @@ impl Step<'_> {
             .checkpoint_id
             .clone()
             .unwrap_or_else(|| self.plan.checkpoint_id.clone());
+        let image = match &self.plan.import_reference {
+            // Recorded with the intent, before the send: a restarted driver imports under,
+            // creates the target from and rolls back the reference it started with, even
+            // if the plan's naming has changed since.
+            Some(reference) => self
+                .p
+                .checkpoint_image
+                .get_or_insert_with(|| reference.clone())
+                .clone(),
+            None => self.plan.checkpoint_image.clone(),
+        };
         self.want(Action::StartTransfer {
             checkpoint_id,
             mode: self.plan.transfer_mode,
-            image: self.plan.checkpoint_image.clone(),
+            image,
         });
     }
 
@@ -365,6 +376,7 @@ impl Step<'_> {
             .p
             .checkpoint_image
             .clone()
+            .or_else(|| self.plan.import_reference.clone())
             .unwrap_or_else(|| self.plan.checkpoint_image.clone());
         self.want(Action::CreateTarget {
             name: self.plan.target_name.clone(),
@@ -491,6 +503,18 @@ impl Step<'_> {
         }
         if s.stop_source != StepState::NotStarted {
             self.want(Action::ResumeSource);
+        }
+        // Last: the image is only disk space on the target node, and a container of the
+        // target still going away may hold it a little longer.
+        if s.transfer != StepState::NotStarted
+            && let Some(planned) = &self.plan.import_reference
+        {
+            let reference = self
+                .p
+                .checkpoint_image
+                .clone()
+                .unwrap_or_else(|| planned.clone());
+            self.want(Action::DeleteImportedImage { reference });
         }
         if self.actions.is_empty() {
             let reason = self

@@ -14,8 +14,8 @@
 //! `START_REPLAY`/`END_REPLAY` as a no-op.
 //!
 //! Failure handling: before the source stops for good, a failure rolls back (delete the
-//! target, delete the replay queue, scale a Sequential source back up) and ends in
-//! `Failed`. Once a ShadowPod source has been stopped (cutoff) or in `Finalizing`, undoing
+//! target, delete the replay queue, scale a Sequential source back up, remove the image a
+//! Direct transfer imported on the target node) and ends in `Failed`. Once a ShadowPod source has been stopped (cutoff) or in `Finalizing`, undoing
 //! would throw away the only up-to-date state, so the migration ends in `Failed` with the
 //! target and the replay queue kept; no message is lost either way, since every message
 //! is still in the primary or the replay queue.

@@ -22,7 +22,19 @@ fn plan() -> Plan {
         target_name: "counter-ms2m".into(),
         checkpoint_id: "mig-1".into(),
         checkpoint_image: "reg:5000/ckpt/counter:mig-1".into(),
+        import_reference: None,
         queues: QueueNames::new("orders", "orders.q", "", "counter-ms2m"),
+    }
+}
+
+const IMPORTED: &str = "localhost/ms2m/default/mig:mig-1";
+
+/// Kubernetes Direct: the target agent imports the checkpoint into its node's store.
+fn direct_plan() -> Plan {
+    Plan {
+        transfer_mode: TransferMode::Direct,
+        import_reference: Some(IMPORTED.into()),
+        ..plan()
     }
 }
 
@@ -425,6 +437,58 @@ fn direct_mode_is_passed_to_the_transfer() {
             ..
         }
     ));
+}
+
+#[test]
+fn a_direct_import_records_its_reference_before_the_send() {
+    let p = at_phase(Phase::Transferring, Strategy::ShadowPod);
+    assert_eq!(p.checkpoint_image, None);
+    let d = decide(&direct_plan(), &p, &healthy(t(1)));
+    // Persisted with the intent, so it is in the status before the agent hears of it.
+    assert_eq!(d.progress.checkpoint_image.as_deref(), Some(IMPORTED));
+    assert_eq!(d.progress.steps.transfer, StepState::Intended);
+    assert_eq!(
+        d.actions,
+        vec![Action::StartTransfer {
+            checkpoint_id: "mig-1".into(),
+            mode: TransferMode::Direct,
+            image: IMPORTED.into(),
+        }]
+    );
+    // Registry records the image only once the push says where it is.
+    let d = decide(&plan(), &p, &healthy(t(1)));
+    assert_eq!(d.progress.checkpoint_image, None);
+}
+
+#[test]
+fn a_recorded_import_reference_wins_over_the_plan() {
+    let mut p = at_phase(Phase::Transferring, Strategy::ShadowPod);
+    p.checkpoint_image = Some("localhost/ms2m/default/mig:older".into());
+    p.steps.transfer = StepState::Intended;
+    // The agent never saw the first request (crash before it was sent): send again.
+    let d = decide(&direct_plan(), &p, &healthy(t(1)));
+    assert!(matches!(
+        &d.actions[..],
+        [Action::StartTransfer { image, .. }] if image == "localhost/ms2m/default/mig:older"
+    ));
+    // Done: the target is created from what the target agent reports it imported.
+    p.steps.transfer = StepState::Done;
+    let obs = Observation {
+        transfer: JobView::Succeeded {
+            output: "localhost/ms2m/default/mig:older".into(),
+        },
+        ..healthy(t(2))
+    };
+    let d = decide(&direct_plan(), &p, &obs);
+    assert_eq!(d.progress.phase, Phase::Restoring);
+    assert_eq!(
+        d.actions,
+        vec![Action::CreateTarget {
+            name: "counter-ms2m".into(),
+            image: "localhost/ms2m/default/mig:older".into(),
+            node: "node-b".into()
+        }]
+    );
 }
 
 // ---------- Restoring ----------
@@ -948,6 +1012,9 @@ struct World {
     replay_queue_deleted: bool,
     fail_checkpoint: bool,
     target_never_runs: bool,
+    /// What a finished transfer reports: the pushed or the imported reference.
+    transfer_output: String,
+    images_deleted: u32,
     backlog: u64,
     /// Messages from before the binding still in the primary queue.
     pre_backlog: u64,
@@ -960,6 +1027,7 @@ impl World {
             source_alive: true,
             backlog: 5,
             pre_backlog: 7,
+            transfer_output: "reg:5000/ckpt/counter:mig-1".into(),
             ..Self::default()
         }
     }
@@ -992,11 +1060,7 @@ impl World {
             }),
             target_node_ready: Some(true),
             checkpoint: job(self.checkpoint_started_at, "mig-1", self.fail_checkpoint),
-            transfer: job(
-                self.transfer_started_at,
-                "reg:5000/ckpt/counter:mig-1",
-                false,
-            ),
+            transfer: job(self.transfer_started_at, &self.transfer_output, false),
             target,
             replay_depth: self.topology.then_some(self.backlog),
             primary_depth: Some(self.pre_backlog),
@@ -1050,6 +1114,15 @@ impl World {
             Action::RemoveSource => self.source_removed = true,
             Action::DeleteTarget { .. } => self.target_deleted = true,
             Action::ResumeSource => self.source_alive = true,
+            Action::DeleteImportedImage { reference } => {
+                assert!(self.transfer_started_at.is_some(), "no import to undo");
+                assert_eq!(reference, &self.transfer_output);
+                assert!(
+                    self.target_created_at.is_none() || self.target_deleted,
+                    "image removed while the target pod still uses it"
+                );
+                self.images_deleted += 1;
+            }
         }
     }
 
@@ -1101,53 +1174,81 @@ fn simulate(
     panic!("migration did not finish: {persisted:?}");
 }
 
+/// The simulated world of a Kubernetes Direct transfer: the transfer reports the import.
+fn direct_world() -> World {
+    World {
+        transfer_output: IMPORTED.into(),
+        ..World::new()
+    }
+}
+
 #[test]
 fn whole_migration_completes_for_every_strategy_and_mode() {
+    let transfers = [(plan(), World::new()), (direct_plan(), direct_world())];
     for strategy in [Strategy::ShadowPod, Strategy::Sequential] {
         for mode in [ReplayMode::Cutoff, ReplayMode::Drain] {
-            let pl = Plan {
-                replay_mode: mode,
-                ..plan()
-            };
-            let (p, w, _) = simulate(&pl, World::new(), strategy, None);
-            assert_eq!(p.phase, Phase::Completed, "{strategy:?} {mode:?}: {p:?}");
-            assert_eq!(w.start_replay_sent, 1);
-            assert_eq!(w.end_replay_sent, 1);
-            assert!(w.replay_queue_deleted && w.source_removed && !w.source_alive);
-            let phases: Vec<_> = p.phase_timings.iter().map(|x| x.phase).collect();
-            assert_eq!(
-                phases,
-                vec![
-                    Phase::Pending,
-                    Phase::Checkpointing,
-                    Phase::Transferring,
-                    Phase::Restoring,
-                    Phase::Replaying,
-                    Phase::Finalizing
-                ]
-            );
+            for (base, world) in transfers.clone() {
+                let pl = Plan {
+                    replay_mode: mode,
+                    ..base
+                };
+                let (p, w, _) = simulate(&pl, world, strategy, None);
+                let what = format!("{strategy:?} {mode:?} {:?}", pl.transfer_mode);
+                assert_eq!(p.phase, Phase::Completed, "{what}: {p:?}");
+                assert_eq!(
+                    p.checkpoint_image.as_deref(),
+                    Some(w.transfer_output.as_str())
+                );
+                assert_eq!(
+                    w.images_deleted, 0,
+                    "{what}: the target runs from the image"
+                );
+                assert_eq!(w.start_replay_sent, 1);
+                assert_eq!(w.end_replay_sent, 1);
+                assert!(w.replay_queue_deleted && w.source_removed && !w.source_alive);
+                let phases: Vec<_> = p.phase_timings.iter().map(|x| x.phase).collect();
+                assert_eq!(
+                    phases,
+                    vec![
+                        Phase::Pending,
+                        Phase::Checkpointing,
+                        Phase::Transferring,
+                        Phase::Restoring,
+                        Phase::Replaying,
+                        Phase::Finalizing
+                    ]
+                );
+            }
         }
     }
 }
 
 #[test]
 fn a_crash_at_any_point_still_completes_and_repeats_at_most_one_effect() {
+    let transfers = [(plan(), World::new()), (direct_plan(), direct_world())];
     for strategy in [Strategy::ShadowPod, Strategy::Sequential] {
-        let (_, clean, total_ops) = simulate(&plan(), World::new(), strategy, None);
-        for crash_at in 1..=total_ops {
-            let (p, w, _) = simulate(&plan(), World::new(), strategy, Some(crash_at));
-            assert_eq!(
-                p.phase,
-                Phase::Completed,
-                "{strategy:?} crash at {crash_at}: {p:?}"
-            );
-            assert!(
-                w.effects <= clean.effects + 1,
-                "crash at {crash_at} repeated more than one effect ({} vs {})",
-                w.effects,
-                clean.effects
-            );
-            assert!(w.start_replay_sent >= 1 && w.end_replay_sent >= 1);
+        for (pl, world) in &transfers {
+            let (_, clean, total_ops) = simulate(pl, world.clone(), strategy, None);
+            for crash_at in 1..=total_ops {
+                let (p, w, _) = simulate(pl, world.clone(), strategy, Some(crash_at));
+                assert_eq!(
+                    p.phase,
+                    Phase::Completed,
+                    "{strategy:?} {:?} crash at {crash_at}: {p:?}",
+                    pl.transfer_mode
+                );
+                assert_eq!(
+                    p.checkpoint_image.as_deref(),
+                    Some(w.transfer_output.as_str())
+                );
+                assert!(
+                    w.effects <= clean.effects + 1,
+                    "crash at {crash_at} repeated more than one effect ({} vs {})",
+                    w.effects,
+                    clean.effects
+                );
+                assert!(w.start_replay_sent >= 1 && w.end_replay_sent >= 1);
+            }
         }
     }
 }
@@ -1178,23 +1279,150 @@ fn a_crash_at_any_point_of_a_failing_migration_still_rolls_back() {
 
 #[test]
 fn a_target_that_never_runs_is_rolled_back_after_the_timeout() {
+    let transfers = [
+        (plan(), World::new(), 0),
+        (direct_plan(), direct_world(), 1),
+    ];
     for strategy in [Strategy::ShadowPod, Strategy::Sequential] {
-        let pl = Plan {
-            phase_timeout: Duration::from_secs(10),
-            ..plan()
-        };
-        let w = World {
-            target_never_runs: true,
-            ..World::new()
-        };
-        let (p, w, _) = simulate(&pl, w, strategy, None);
-        assert_eq!(p.phase, Phase::Failed);
-        assert!(
-            w.target_deleted && w.replay_queue_deleted && w.source_alive,
-            "{strategy:?}: {w:?}"
-        );
-        assert_eq!(w.start_replay_sent, 0);
+        for (base, world, images_deleted) in transfers.clone() {
+            let pl = Plan {
+                phase_timeout: Duration::from_secs(10),
+                ..base
+            };
+            let w = World {
+                target_never_runs: true,
+                ..world
+            };
+            let (p, w, _) = simulate(&pl, w, strategy, None);
+            assert_eq!(p.phase, Phase::Failed);
+            assert!(
+                w.target_deleted && w.replay_queue_deleted && w.source_alive,
+                "{strategy:?}: {w:?}"
+            );
+            assert_eq!(w.start_replay_sent, 0);
+            assert_eq!(w.images_deleted, images_deleted, "{strategy:?}: {w:?}");
+        }
     }
+}
+
+#[test]
+fn a_crash_at_any_point_of_a_direct_rollback_still_removes_the_image() {
+    let pl = Plan {
+        phase_timeout: Duration::from_secs(10),
+        ..direct_plan()
+    };
+    let failing = World {
+        target_never_runs: true,
+        ..direct_world()
+    };
+    let (_, _, total_ops) = simulate(&pl, failing.clone(), Strategy::ShadowPod, None);
+    for crash_at in 1..=total_ops {
+        let (p, w, _) = simulate(&pl, failing.clone(), Strategy::ShadowPod, Some(crash_at));
+        assert_eq!(p.phase, Phase::Failed, "crash at {crash_at}");
+        assert!(
+            (1..=2).contains(&w.images_deleted),
+            "crash at {crash_at}: image removed {} times",
+            w.images_deleted
+        );
+        assert!(w.target_deleted && w.replay_queue_deleted && w.source_alive);
+    }
+}
+
+#[test]
+fn a_direct_rollback_also_removes_the_imported_image_last() {
+    use Strategy::*;
+    let del_image = || Action::DeleteImportedImage {
+        reference: IMPORTED.into(),
+    };
+    let del_target = || Action::DeleteTarget {
+        name: "counter-ms2m".into(),
+    };
+    // (phase, strategy, transfer step, source stopped, rollback actions)
+    let cases: Vec<(Phase, Strategy, StepState, bool, Vec<Action>)> = vec![
+        // Nothing was sent yet.
+        (
+            Phase::Checkpointing,
+            ShadowPod,
+            StepState::NotStarted,
+            false,
+            vec![Action::DeleteReplayQueue],
+        ),
+        // Asked for: the import may have happened (the delete is idempotent).
+        (
+            Phase::Transferring,
+            ShadowPod,
+            StepState::Intended,
+            false,
+            vec![Action::DeleteReplayQueue, del_image()],
+        ),
+        (
+            Phase::Restoring,
+            ShadowPod,
+            StepState::Done,
+            false,
+            vec![Action::DeleteReplayQueue, del_image()],
+        ),
+        (
+            Phase::Restoring,
+            Sequential,
+            StepState::Done,
+            true,
+            vec![Action::DeleteReplayQueue, Action::ResumeSource, del_image()],
+        ),
+        (
+            Phase::Replaying,
+            ShadowPod,
+            StepState::Done,
+            false,
+            vec![del_target(), Action::DeleteReplayQueue, del_image()],
+        ),
+        // Past the point of no return the target keeps running from the image.
+        (Phase::Replaying, ShadowPod, StepState::Done, true, vec![]),
+    ];
+    for (phase, strategy, transfer, stopped, actions) in cases {
+        let mut p = at_phase(phase, strategy);
+        p.steps.replay_topology = StepState::Done;
+        p.steps.transfer = transfer;
+        if transfer != StepState::NotStarted {
+            p.checkpoint_image = Some(IMPORTED.into());
+        }
+        p.steps.stop_source = if stopped {
+            StepState::Done
+        } else {
+            StepState::NotStarted
+        };
+        let obs = Observation {
+            fatal: Some("agent refused".into()),
+            ..healthy(t(1))
+        };
+        let d = decide(&direct_plan(), &p, &obs);
+        let what = format!("{phase} {strategy:?} transfer={transfer:?} stopped={stopped}");
+        assert_eq!(d.actions, actions, "{what}");
+        if actions.is_empty() {
+            assert_eq!(d.progress.phase, Phase::Failed, "{what}");
+            continue;
+        }
+        assert_eq!(d.progress.phase, Phase::RollingBack, "{what}");
+        if transfer != StepState::NotStarted {
+            assert_eq!(d.progress.steps.delete_image, StepState::Intended, "{what}");
+        }
+        let mut p = d.progress;
+        for a in &d.actions {
+            mark_done(&mut p, a);
+        }
+        let d = decide(&direct_plan(), &p, &healthy(t(2)));
+        assert_eq!(d.progress.phase, Phase::Failed, "{what}");
+        assert!(d.actions.is_empty(), "{what}: each step runs once");
+    }
+    // Registry: nothing lives on the target node besides the pod.
+    let mut p = at_phase(Phase::Restoring, ShadowPod);
+    p.steps.transfer = StepState::Done;
+    let obs = Observation {
+        fatal: Some("agent refused".into()),
+        ..healthy(t(1))
+    };
+    let d = decide(&plan(), &p, &obs);
+    assert_eq!(d.actions, vec![Action::DeleteReplayQueue]);
 }
 
 #[test]

@@ -121,6 +121,11 @@ pub struct Plan {
     pub checkpoint_id: String,
     /// Image reference the checkpoint is pushed to (Registry mode).
     pub checkpoint_image: String,
+    /// Direct mode into the target node's image store (Kubernetes): the local reference
+    /// the target agent imports the checkpoint under; the target runs it, and a rollback
+    /// removes it. `None`: nothing is imported (Registry mode, or the standalone driver,
+    /// which restores from the agent's checkpoint store).
+    pub import_reference: Option<String>,
     pub queues: QueueNames,
 }
 
@@ -169,6 +174,8 @@ pub struct Steps {
     pub delete_target: StepState,
     #[serde(default, skip_serializing_if = "StepState::is_not_started")]
     pub resume_source: StepState,
+    #[serde(default, skip_serializing_if = "StepState::is_not_started")]
+    pub delete_image: StepState,
 }
 
 /// Names a field of [`Steps`].
@@ -186,6 +193,7 @@ pub enum StepKey {
     RemoveSource,
     DeleteTarget,
     ResumeSource,
+    DeleteImage,
 }
 
 impl Steps {
@@ -211,6 +219,7 @@ impl Steps {
             StepKey::RemoveSource => &self.remove_source,
             StepKey::DeleteTarget => &self.delete_target,
             StepKey::ResumeSource => &self.resume_source,
+            StepKey::DeleteImage => &self.delete_image,
         }
     }
 
@@ -228,6 +237,7 @@ impl Steps {
             StepKey::RemoveSource => &mut self.remove_source,
             StepKey::DeleteTarget => &mut self.delete_target,
             StepKey::ResumeSource => &mut self.resume_source,
+            StepKey::DeleteImage => &mut self.delete_image,
         }
     }
 }
@@ -414,6 +424,8 @@ pub enum Action {
     StartCheckpoint {
         checkpoint_id: String,
     },
+    /// `image`: the registry reference pushed to, or with a Direct import the local
+    /// reference the target agent imports under.
     StartTransfer {
         checkpoint_id: String,
         mode: TransferMode,
@@ -443,6 +455,11 @@ pub enum Action {
     },
     /// Rollback of a Sequential `StopSource` (scale the owner back up).
     ResumeSource,
+    /// Rollback of a Direct import: remove `reference` from the target node's image
+    /// store. Best effort: a failure is reported, never retried, never blocks the rollback.
+    DeleteImportedImage {
+        reference: String,
+    },
 }
 
 impl Action {
@@ -460,6 +477,7 @@ impl Action {
             Action::RemoveSource => StepKey::RemoveSource,
             Action::DeleteTarget { .. } => StepKey::DeleteTarget,
             Action::ResumeSource => StepKey::ResumeSource,
+            Action::DeleteImportedImage { .. } => StepKey::DeleteImage,
         }
     }
 }
