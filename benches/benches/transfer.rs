@@ -14,8 +14,12 @@
 //!         tar + plain HTTP upload + OCI layout + skopeo copy into containers-storage
 //!         on the receiving side (how the Go implementation's direct mode works)
 //!
+//! Limit: writing the archive's size into a new file (no fsync), the ceiling of any
+//!         receiver that unpacks it, measured before the Direct rows of every run.
+//!
 //! Prints medians, ratios against ms2m and ms2m's peak RSS. `MS2M_BENCH_QUICK=1` leaves
-//! out the two slow push baselines (buildah, skopeo) to iterate on the rest.
+//! out the two slow push baselines (buildah, skopeo) to iterate on the rest. Why the
+//! write limit is measured: `ms2m_benches::write_limit`.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -241,6 +245,9 @@ fn layout_from_dir(dir: &Path, layout: &Path) {
 /// Flushes dirty pages before a timed step, so no contender pays for the previous
 /// step's writeback (a freshly written 1 GiB checkpoint otherwise slows whoever runs
 /// next).
+/// Row name of the machine's new-file write limit.
+const WRITE_LIMIT: &str = "write the archive size to a new file (limit)";
+
 fn settle() {
     let _ = Command::new("sync").status();
 }
@@ -491,6 +498,11 @@ fn main() {
             res.add("curl of ms2m's blobs (same streams)", t.elapsed());
 
             settle();
+            let limit_file = run_dir.join("write-limit");
+            let d = ms2m_benches::write_limit::write_new_file(&limit_file, size_mb << 20).unwrap();
+            res.add(WRITE_LIMIT, d);
+
+            settle();
             // 5. pull: ms2m vs skopeo + decompress
             let dest = run_dir.join("pulled");
             let (_, d, rss) = run_rss(
@@ -530,6 +542,11 @@ fn main() {
             }
             res.add("skopeo copy + zstd -d + tar -x", t.elapsed());
         }
+
+        settle();
+        let limit_file = run_dir.join("write-limit");
+        let d = ms2m_benches::write_limit::write_new_file(&limit_file, size_mb << 20).unwrap();
+        res.add(WRITE_LIMIT, d);
 
         settle();
         // 6. direct: ms2m agent to agent vs tar + HTTP upload + layout + skopeo into storage
@@ -619,7 +636,7 @@ fn main() {
         ),
         (
             "ms2m pull",
-            ["ms2m pull", "skopeo copy + zstd -d + tar -x"].as_slice(),
+            ["ms2m pull", "skopeo copy + zstd -d + tar -x", WRITE_LIMIT].as_slice(),
         ),
         (
             "ms2m direct (agent to agent)",
@@ -627,6 +644,7 @@ fn main() {
                 "ms2m direct (agent to agent)",
                 "ms2m direct, uncompressed",
                 "tar + HTTP upload + layout + skopeo copy",
+                WRITE_LIMIT,
             ]
             .as_slice(),
         ),
