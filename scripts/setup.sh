@@ -6,8 +6,10 @@
 # What and why (see docs/environment.md for the long form):
 #  - Debian packages: runc, iptables (CRIU locks the network with iptables-restore),
 #    iproute2 (netns "nodes"), docker-registry, rabbitmq-server, buildah/skopeo/umoci
-#    (interop checks and baselines), busybox-static (test container rootfs), pigz/zstd
-#    (benchmark baselines), systemd (systemd-analyze verify), curl.
+#    (interop checks and baselines; skopeo also imports checkpoints into containers-storage),
+#    containerd (ctr: checkpoint import into containerd, against a private containerd
+#    the tests start), busybox-static (test container rootfs), pigz/zstd (benchmark
+#    baselines), systemd (systemd-analyze verify), curl.
 #  - CRIU >= 4.2: bookworm's 3.17 fails on kernels >= 6.13 and 4.1 cannot dump TCP on
 #    >= 6.16, so we build the newest >= 4.2 source that Debian sid offers, verify its
 #    checksum against the signed Sources index, and cache the binary outside the tree.
@@ -23,7 +25,7 @@ CRIU_MIN=4.2
 CRIU_BIN=/usr/local/sbin/criu
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(runc iptables iproute2 docker-registry rabbitmq-server buildah skopeo umoci
+PKGS=(runc iptables iproute2 docker-registry rabbitmq-server buildah skopeo umoci containerd
       busybox-static pigz zstd curl ca-certificates openssl systemd procps psmisc
       jq libseccomp-dev pkg-config apache2-utils)
 CRIU_BUILD_DEPS=(libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::image_store::StoreKind;
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/ms2m/agent.toml";
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,8 @@ pub enum ConfigError {
     },
     #[error("invalid socket_mode {0:?}: expected an octal mode such as \"0660\"")]
     SocketMode(String),
+    #[error(transparent)]
+    ImageStore(#[from] crate::image_store::Error),
 }
 
 /// The TOML file: every field optional, so the file may set only what it changes.
@@ -47,6 +51,12 @@ pub struct FileConfig {
     pub registry_auth_file: Option<PathBuf>,
     pub registry_ca_file: Option<PathBuf>,
     pub direct_ca_file: Option<PathBuf>,
+    pub image_store: Option<StoreKind>,
+    pub containers_storage: Option<String>,
+    pub containerd_address: Option<PathBuf>,
+    pub containerd_namespace: Option<String>,
+    pub skopeo_path: Option<PathBuf>,
+    pub ctr_path: Option<PathBuf>,
     pub kubelet: Option<FileKubelet>,
 }
 
@@ -105,6 +115,24 @@ pub struct Overrides {
     /// CA certificates (PEM) of other agents' HTTPS listeners (Direct mode).
     #[arg(long, env = "MS2M_AGENT_DIRECT_CA_FILE")]
     pub direct_ca_file: Option<PathBuf>,
+    /// Image store checkpoints are imported into (default containers-storage).
+    #[arg(long, env = "MS2M_AGENT_IMAGE_STORE", value_enum)]
+    pub image_store: Option<StoreKind>,
+    /// containers-storage to use, `[driver@graphroot+runroot]`; empty: the system's.
+    #[arg(long, env = "MS2M_AGENT_CONTAINERS_STORAGE")]
+    pub containers_storage: Option<String>,
+    /// containerd's socket.
+    #[arg(long, env = "MS2M_AGENT_CONTAINERD_ADDRESS")]
+    pub containerd_address: Option<PathBuf>,
+    /// containerd namespace images are imported into (the CRI's is k8s.io).
+    #[arg(long, env = "MS2M_AGENT_CONTAINERD_NAMESPACE")]
+    pub containerd_namespace: Option<String>,
+    /// skopeo binary (containers-storage imports).
+    #[arg(long, env = "MS2M_AGENT_SKOPEO")]
+    pub skopeo_path: Option<PathBuf>,
+    /// ctr binary (containerd imports).
+    #[arg(long, env = "MS2M_AGENT_CTR")]
+    pub ctr_path: Option<PathBuf>,
     /// Kubelet base URL for the kubelet checkpoint backend.
     #[arg(long, env = "MS2M_AGENT_KUBELET_URL")]
     pub kubelet_url: Option<String>,
@@ -145,6 +173,13 @@ pub struct Config {
     pub registry_auth_file: Option<PathBuf>,
     pub registry_ca_file: Option<PathBuf>,
     pub direct_ca_file: Option<PathBuf>,
+    pub image_store: StoreKind,
+    /// `[driver@graphroot+runroot]` or empty (the system's store, which CRI-O uses).
+    pub containers_storage: String,
+    pub containerd_address: PathBuf,
+    pub containerd_namespace: String,
+    pub skopeo_path: PathBuf,
+    pub ctr_path: PathBuf,
     pub kubelet: KubeletConfig,
 }
 
@@ -182,6 +217,12 @@ impl Config {
             .clone()
             .or(fc.allowed_rootfs_dirs)
             .unwrap_or_else(|| vec![state_dir.join("rootfs")]);
+        let containers_storage = o
+            .containers_storage
+            .clone()
+            .or(fc.containers_storage)
+            .unwrap_or_default();
+        crate::image_store::validate_storage_spec(&containers_storage)?;
         Ok(Self {
             socket_path: o
                 .socket_path
@@ -209,6 +250,28 @@ impl Config {
             registry_auth_file: o.registry_auth_file.clone().or(fc.registry_auth_file),
             registry_ca_file: o.registry_ca_file.clone().or(fc.registry_ca_file),
             direct_ca_file: o.direct_ca_file.clone().or(fc.direct_ca_file),
+            image_store: o.image_store.or(fc.image_store).unwrap_or_default(),
+            containers_storage,
+            containerd_address: o
+                .containerd_address
+                .clone()
+                .or(fc.containerd_address)
+                .unwrap_or_else(|| PathBuf::from("/run/containerd/containerd.sock")),
+            containerd_namespace: o
+                .containerd_namespace
+                .clone()
+                .or(fc.containerd_namespace)
+                .unwrap_or_else(|| "k8s.io".into()),
+            skopeo_path: o
+                .skopeo_path
+                .clone()
+                .or(fc.skopeo_path)
+                .unwrap_or_else(|| PathBuf::from("skopeo")),
+            ctr_path: o
+                .ctr_path
+                .clone()
+                .or(fc.ctr_path)
+                .unwrap_or_else(|| PathBuf::from("ctr")),
             kubelet: KubeletConfig {
                 url: o
                     .kubelet_url
@@ -298,6 +361,43 @@ mod tests {
         assert!(matches!(
             Config::merge(fc, &Overrides::default()),
             Err(ConfigError::SocketMode(_))
+        ));
+    }
+
+    #[test]
+    fn image_store_settings_layer_like_the_rest() {
+        let c = Config::merge(FileConfig::default(), &Overrides::default()).unwrap();
+        assert_eq!(c.image_store, StoreKind::ContainersStorage);
+        assert_eq!(c.containers_storage, "");
+        assert_eq!(
+            c.containerd_address,
+            PathBuf::from("/run/containerd/containerd.sock")
+        );
+        assert_eq!(c.containerd_namespace, "k8s.io");
+        let fc: FileConfig = toml::from_str(
+            r#"
+            image_store = "containerd"
+            containers_storage = "[overlay@/s+/r]"
+            containerd_namespace = "ms2m"
+            ctr_path = "/opt/ctr"
+            "#,
+        )
+        .unwrap();
+        let o = Overrides {
+            image_store: Some(StoreKind::ContainersStorage),
+            ..Default::default()
+        };
+        let c = Config::merge(fc, &o).unwrap();
+        assert_eq!(c.image_store, StoreKind::ContainersStorage);
+        assert_eq!(c.containers_storage, "[overlay@/s+/r]");
+        assert_eq!(c.containerd_namespace, "ms2m");
+        assert_eq!(c.ctr_path, PathBuf::from("/opt/ctr"));
+        assert_eq!(c.skopeo_path, PathBuf::from("skopeo"));
+        assert!(toml::from_str::<FileConfig>("image_store = \"docker\"").is_err());
+        let fc: FileConfig = toml::from_str("containers_storage = \"overlay@/s\"").unwrap();
+        assert!(matches!(
+            Config::merge(fc, &Overrides::default()),
+            Err(ConfigError::ImageStore(_))
         ));
     }
 

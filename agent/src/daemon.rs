@@ -49,6 +49,7 @@ pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError
             .await
             .map_err(|e| DaemonError::Io(format!("creating {}", d.display()), e))?;
     }
+    crate::image_store::remove_stale_layouts(&config.work_dir());
     let criu = match crate::criu_check::criu_version(&config.criu_path).await {
         Ok(v) => {
             let kernel = crate::criu_check::kernel_release();

@@ -1,5 +1,5 @@
 //! Asynchronous jobs: every long operation (checkpoint, push, pull, restore, direct
-//! send/receive) runs as a job the API reports on.
+//! send/receive, image import) runs as a job the API reports on.
 //!
 //! A job is a tokio task owned by the [`Jobs`] registry, not by the HTTP request that
 //! started it, so it survives a client disconnect. Cancellation drops the job's future
@@ -28,6 +28,7 @@ pub enum JobKind {
     Restore,
     DirectSend,
     DirectReceive,
+    ImageImport,
 }
 
 impl JobKind {
@@ -39,6 +40,7 @@ impl JobKind {
             JobKind::Restore => "restore",
             JobKind::DirectSend => "direct_send",
             JobKind::DirectReceive => "direct_receive",
+            JobKind::ImageImport => "image_import",
         }
     }
 }
@@ -235,6 +237,12 @@ impl JobCtx {
     /// Remove `path` (file or directory) if the job does not succeed.
     pub fn clean_on_failure(&self, path: impl Into<PathBuf>) {
         self.entry.lock().cleanup.push(path.into());
+    }
+
+    /// Keep `path` whatever happens to the job from now on (undoes
+    /// [`JobCtx::clean_on_failure`]): a step that already succeeded stays done.
+    pub fn keep(&self, path: &std::path::Path) {
+        self.entry.lock().cleanup.retain(|p| p != path);
     }
 
     /// Record `path` as part of the job's product (removed by `DELETE ...?purge=true`).
@@ -562,6 +570,29 @@ mod tests {
             (e.code.as_str(), e.phase.as_str()),
             ("runc_failed", "restoring")
         );
+    }
+
+    #[tokio::test]
+    async fn a_kept_path_survives_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kept, partial) = (dir.path().join("received"), dir.path().join("partial"));
+        let jobs = jobs();
+        let (k, p) = (kept.clone(), partial.clone());
+        let v = jobs
+            .spawn(JobKind::DirectReceive, "receiving", move |ctx| async move {
+                for f in [&k, &p] {
+                    std::fs::write(f, b"x").unwrap();
+                    ctx.clean_on_failure(f);
+                }
+                ctx.keep(&k);
+                ctx.set_phase("importing");
+                Err(JobFailure::new("image_store_error", "boom"))
+            })
+            .unwrap();
+        let v = jobs.wait(&v.id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(v.status, JobStatus::Failed);
+        assert!(kept.exists(), "a kept path was removed");
+        assert!(!partial.exists());
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ pub mod config;
 pub mod crio_layout;
 pub mod criu_check;
 pub mod daemon;
+pub mod image_store;
 pub mod inspect;
 pub mod jobs;
 pub mod listeners;

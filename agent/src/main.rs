@@ -33,13 +33,14 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Serve(a) => cmd::serve::run(a, inherited).await,
+            Command::Serve(a) => cmd::serve::run(*a, inherited).await,
             Command::CriuCheck(a) => cmd::criu_check::run(a).await,
             Command::Inspect(a) => cmd::inspect::run(a).await,
             Command::Checkpoint(a) => cmd::checkpoint::run(a).await,
             Command::Restore(a) => cmd::restore::run(a).await,
             Command::Push(a) => cmd::push::run(a).await,
             Command::Pull(a) => cmd::pull::run(a).await,
+            Command::Import(a) => cmd::import::run(a).await,
             Command::Bench(a) => cmd::bench::run(a).await,
         }
     })

@@ -93,6 +93,7 @@ impl Metrics {
             JobKind::Restore,
             JobKind::DirectSend,
             JobKind::DirectReceive,
+            JobKind::ImageImport,
         ] {
             let l = KindLabel {
                 kind: kind.as_str().to_owned(),

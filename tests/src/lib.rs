@@ -10,6 +10,7 @@ pub mod container;
 pub mod counter;
 pub mod e2e;
 pub mod env;
+pub mod image_store;
 pub mod netns;
 pub mod nodes;
 pub mod process;

@@ -134,6 +134,21 @@ impl From<crate::runc::RuncError> for ApiError {
     }
 }
 
+impl From<crate::image_store::Error> for ApiError {
+    fn from(e: crate::image_store::Error) -> Self {
+        use crate::image_store::Error as I;
+        match &e {
+            I::Reference(_) => ApiError::invalid(e.to_string()),
+            I::Spawn { .. } | I::Failed { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "image_store_error",
+                e.to_string(),
+            ),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
 /// `Json<T>` whose rejections are [`ApiError`]s.
 pub struct ApiJson<T>(pub T);
 

@@ -108,6 +108,10 @@ pub fn router(state: AppState, token: Option<Arc<String>>) -> Router {
         .route("/v1/pulls", post(routes::transfer::pull))
         .route("/v1/direct/sends", post(routes::transfer::direct_send))
         .route(
+            "/v1/images",
+            post(routes::images::import).delete(routes::images::remove),
+        )
+        .route(
             "/v1/direct/receive/{id}",
             put(routes::transfer::direct_receive)
                 .get(routes::transfer::direct_check)

@@ -4,6 +4,7 @@ mod agent_client;
 pub mod bench;
 pub mod checkpoint;
 pub mod criu_check;
+pub mod import;
 pub mod inspect;
 pub mod pull;
 pub mod push;
@@ -41,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon (HTTP API on a Unix socket, optionally TCP).
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Check that this node's CRIU and kernel can migrate containers.
     CriuCheck(criu_check::Args),
     /// Summarize a checkpoint archive or directory.
@@ -54,6 +55,8 @@ pub enum Command {
     Push(push::Args),
     /// Pull a checkpoint image and unpack it as an archive directory.
     Pull(pull::Args),
+    /// Import a checkpoint into this node's image store (containers-storage or containerd).
+    Import(import::Args),
     /// Measure this node's path to a registry, stage by stage (read, hash, compress, upload).
     Bench(bench::Args),
 }

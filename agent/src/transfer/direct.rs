@@ -61,6 +61,9 @@ pub struct DirectOptions {
     pub token: Option<String>,
     /// Extra CA certificates for an HTTPS target.
     pub ca_file: Option<PathBuf>,
+    /// Ask the target to import the received checkpoint into its image store under this
+    /// reference (`?import=`).
+    pub import_reference: Option<String>,
 }
 
 impl Default for DirectOptions {
@@ -71,6 +74,7 @@ impl Default for DirectOptions {
             compression: super::push::default_compression(layers),
             token: None,
             ca_file: None,
+            import_reference: None,
         }
     }
 }
@@ -85,6 +89,9 @@ pub struct Received {
     pub bytes_received: u64,
     /// Layer digests, in order.
     pub layers: Vec<String>,
+    /// Set by the target's route when the sender asked for an import.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<crate::image_store::Imported>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -264,10 +271,14 @@ pub async fn send(
         .tcp_nodelay(true)
         .build()
         .map_err(|e| Error::Protocol(format!("HTTP client: {e}")))?;
-    let url = format!(
+    let mut url = format!(
         "{}{ROUTE_PREFIX}{checkpoint_id}",
         target.trim_end_matches('/')
     );
+    if let Some(r) = &opts.import_reference {
+        url.push_str("?import=");
+        url.extend(form_urlencoded::byte_serialize(r.as_bytes()));
+    }
     preflight(&client, &url, opts.token.as_deref()).await?;
     let mut req = client
         .put(&url)
@@ -376,6 +387,8 @@ struct LayerIn {
     /// Started at the layer's first frame (layers interleave, in any order).
     unpacker: Option<tokio::task::JoinHandle<Unpacked>>,
     desc: Option<LayerDescriptor>,
+    /// First bytes of a layer whose first piece was too short to sniff.
+    head: Vec<u8>,
 }
 
 /// The layer's compression, from its first bytes: the decoder must pick a decompressor
@@ -481,11 +494,25 @@ where
         size_bytes,
         bytes_received: received,
         layers: digests,
+        imported: None,
     })
+}
+
+/// Where the frame parser is between two body chunks.
+enum Parse {
+    /// Collecting the next 7-byte header.
+    Header,
+    /// Inside a DATA frame of `layer`, `left` payload bytes to go.
+    Data { layer: usize, left: usize },
+    /// Collecting an END/DONE payload of `len` bytes.
+    Meta { kind: u8, layer: usize, len: usize },
 }
 
 /// Reads frames until the body ends, feeding each layer's decoder. `Ok(None)`: a decoder
 /// stopped taking data (its own error says why).
+///
+/// DATA payloads are handed on as slices of the body's own chunks (no copy): only
+/// headers and the small END/DONE documents are collected across chunk boundaries.
 async fn read_frames<B>(
     mut body: B,
     staging: &Arc<Staging>,
@@ -496,105 +523,189 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut buf = BytesMut::new();
+    let mut header = [0u8; HEADER];
+    let mut header_len = 0;
+    let mut meta = BytesMut::new();
+    let mut state = Parse::Header;
     let mut done: Option<Done> = None;
-    loop {
-        // Parse every complete frame in the buffer.
-        while buf.len() >= HEADER {
-            let kind = buf[0];
-            let layer = u16::from_be_bytes([buf[1], buf[2]]) as usize;
-            let len = u32::from_be_bytes([buf[3], buf[4], buf[5], buf[6]]);
-            let limit = if kind == KIND_DATA {
-                MAX_DATA
-            } else {
-                MAX_META
-            };
-            if len > limit {
-                return Err(Error::Protocol(format!(
-                    "frame of {len} bytes exceeds {limit}"
-                )));
-            }
-            if buf.len() < HEADER + len as usize {
-                break;
-            }
-            if done.is_some() {
-                return Err(Error::Protocol("data after DONE".into()));
-            }
-            buf.advance(HEADER);
-            let payload = buf.split_to(len as usize).freeze();
-            match kind {
-                KIND_DATA | KIND_END => {
-                    if layer >= MAX_LAYERS {
-                        return Err(Error::Protocol(format!("layer {layer} out of range")));
+    while let Some(frame) = body.frame().await {
+        let mut data = match frame {
+            Ok(f) => match f.into_data() {
+                Ok(d) => d,
+                Err(_) => continue,
+            },
+            Err(e) => return Err(Error::Protocol(format!("request body: {e}"))),
+        };
+        while !data.is_empty() {
+            match state {
+                Parse::Header => {
+                    let n = (HEADER - header_len).min(data.len());
+                    header[header_len..header_len + n].copy_from_slice(&data[..n]);
+                    data.advance(n);
+                    header_len += n;
+                    if header_len < HEADER {
+                        continue;
                     }
-                    while layers.len() <= layer {
-                        layers.push(LayerIn {
-                            tx: None,
-                            unpacker: None,
-                            desc: None,
-                        });
-                    }
-                    let l = &mut layers[layer];
-                    if l.unpacker.is_none() {
-                        let media_type = if kind == KIND_DATA {
-                            sniff_media_type(&payload)
-                        } else {
-                            MEDIA_TYPE_LAYER_TAR
-                        };
-                        let (tx, rx) = mpsc::channel(DEPTH);
-                        let staging = staging.clone();
-                        l.unpacker = Some(tokio::task::spawn_blocking(move || {
-                            Ok(staging.unpack_layer_unverified(
-                                ChannelReader::new(rx),
-                                media_type,
-                                LayerHashes::BlobOnly,
-                            )?)
-                        }));
-                        l.tx = Some(tx);
-                    }
-                    if kind == KIND_DATA {
-                        *received += payload.len() as u64;
-                        let tx = l.tx.as_ref().ok_or_else(|| {
-                            Error::Protocol(format!("layer {layer}: data after END"))
-                        })?;
-                        if tx.send(ChannelItem::Data(payload)).await.is_err() {
-                            return Ok(None);
-                        }
+                    header_len = 0;
+                    let kind = header[0];
+                    let layer = u16::from_be_bytes([header[1], header[2]]) as usize;
+                    let len = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
+                    let limit = if kind == KIND_DATA {
+                        MAX_DATA
                     } else {
-                        let d: LayerDescriptor = serde_json::from_slice(&payload)
-                            .map_err(|e| Error::Protocol(format!("layer {layer} END: {e}")))?;
-                        if l.desc.is_some() {
-                            return Err(Error::Protocol(format!("layer {layer}: second END")));
-                        }
-                        l.desc = Some(d);
-                        // EOF for the decoder: the layer is complete.
-                        l.tx = None;
+                        MAX_META
+                    };
+                    if len > limit {
+                        return Err(Error::Protocol(format!(
+                            "frame of {len} bytes exceeds {limit}"
+                        )));
                     }
+                    if done.is_some() {
+                        return Err(Error::Protocol("data after DONE".into()));
+                    }
+                    let len = len as usize;
+                    state = match kind {
+                        KIND_DATA => {
+                            layer_slot(layers, layer)?;
+                            if len == 0 {
+                                Parse::Header
+                            } else {
+                                Parse::Data { layer, left: len }
+                            }
+                        }
+                        KIND_END | KIND_DONE => Parse::Meta { kind, layer, len },
+                        other => {
+                            return Err(Error::Protocol(format!("unknown frame kind {other}")));
+                        }
+                    };
                 }
-                KIND_DONE => {
+                Parse::Data { layer, left } => {
+                    let n = left.min(data.len());
+                    let piece = data.split_to(n);
+                    *received += n as u64;
+                    if !feed(&mut layers[layer], staging, layer, piece).await? {
+                        return Ok(None);
+                    }
+                    state = if n == left {
+                        Parse::Header
+                    } else {
+                        Parse::Data {
+                            layer,
+                            left: left - n,
+                        }
+                    };
+                }
+                Parse::Meta { .. } => {}
+            }
+            if let Parse::Meta { kind, layer, len } = state {
+                let n = (len - meta.len()).min(data.len());
+                meta.extend_from_slice(&data[..n]);
+                data.advance(n);
+                if meta.len() < len {
+                    continue;
+                }
+                let payload = meta.split().freeze();
+                state = Parse::Header;
+                if kind == KIND_DONE {
                     done = Some(
                         serde_json::from_slice(&payload)
                             .map_err(|e| Error::Protocol(format!("DONE: {e}")))?,
                     );
+                    continue;
                 }
-                other => return Err(Error::Protocol(format!("unknown frame kind {other}"))),
-            }
-        }
-        match body.frame().await {
-            Some(Ok(f)) => {
-                if let Ok(data) = f.into_data() {
-                    buf.extend_from_slice(&data);
+                let l = layer_slot(layers, layer)?;
+                let d: LayerDescriptor = serde_json::from_slice(&payload)
+                    .map_err(|e| Error::Protocol(format!("layer {layer} END: {e}")))?;
+                if l.desc.is_some() {
+                    return Err(Error::Protocol(format!("layer {layer}: second END")));
                 }
+                l.desc = Some(d);
+                if l.unpacker.is_none() {
+                    // A layer whose END comes before (or without) enough bytes to tell
+                    // its compression: start its decoder on what there is.
+                    let head = Bytes::from(std::mem::take(&mut l.head));
+                    start_decoder(l, staging, sniff_media_type(&head));
+                    if !head.is_empty() && !send_piece(l, layer, head).await? {
+                        return Ok(None);
+                    }
+                }
+                // EOF for the decoder: the layer is complete.
+                l.tx = None;
             }
-            Some(Err(e)) => return Err(Error::Protocol(format!("request body: {e}"))),
-            None => break,
         }
     }
-    if !buf.is_empty() {
-        return Err(Error::Protocol(format!("{} trailing bytes", buf.len())));
+    if header_len != 0 || !matches!(state, Parse::Header) {
+        return Err(Error::Protocol("stream ended inside a frame".into()));
     }
     done.map(Some)
         .ok_or_else(|| Error::Protocol("stream ended without DONE".into()))
+}
+
+/// The entry of `layer`, created on its first frame.
+fn layer_slot(layers: &mut Vec<LayerIn>, layer: usize) -> Result<&mut LayerIn, Error> {
+    if layer >= MAX_LAYERS {
+        return Err(Error::Protocol(format!("layer {layer} out of range")));
+    }
+    while layers.len() <= layer {
+        layers.push(LayerIn {
+            tx: None,
+            unpacker: None,
+            desc: None,
+            head: Vec::new(),
+        });
+    }
+    Ok(&mut layers[layer])
+}
+
+fn start_decoder(l: &mut LayerIn, staging: &Arc<Staging>, media_type: &'static str) {
+    let (tx, rx) = mpsc::channel(DEPTH);
+    let staging = staging.clone();
+    l.unpacker = Some(tokio::task::spawn_blocking(move || {
+        Ok(staging.unpack_layer_unverified(
+            ChannelReader::new(rx),
+            media_type,
+            LayerHashes::BlobOnly,
+        )?)
+    }));
+    l.tx = Some(tx);
+}
+
+/// Bytes needed to tell zstd and gzip from a plain tar.
+const SNIFF: usize = 4;
+
+/// Hands a DATA piece to the layer's decoder, starting it once the first bytes tell
+/// its compression. `Ok(false)`: the decoder stopped taking data.
+async fn feed(
+    l: &mut LayerIn,
+    staging: &Arc<Staging>,
+    layer: usize,
+    piece: Bytes,
+) -> Result<bool, Error> {
+    if l.desc.is_some() {
+        return Err(Error::Protocol(format!("layer {layer}: data after END")));
+    }
+    if l.unpacker.is_some() {
+        return send_piece(l, layer, piece).await;
+    }
+    if l.head.is_empty() && piece.len() >= SNIFF {
+        start_decoder(l, staging, sniff_media_type(&piece));
+        return send_piece(l, layer, piece).await;
+    }
+    // Rare: the first piece is cut before the magic bytes.
+    l.head.extend_from_slice(&piece);
+    if l.head.len() < SNIFF {
+        return Ok(true);
+    }
+    let head = Bytes::from(std::mem::take(&mut l.head));
+    start_decoder(l, staging, sniff_media_type(&head));
+    send_piece(l, layer, head).await
+}
+
+async fn send_piece(l: &LayerIn, layer: usize, piece: Bytes) -> Result<bool, Error> {
+    let tx =
+        l.tx.as_ref()
+            .ok_or_else(|| Error::Protocol(format!("layer {layer}: data after END")))?;
+    Ok(tx.send(ChannelItem::Data(piece)).await.is_ok())
 }
 
 #[cfg(test)]
@@ -606,6 +717,90 @@ mod tests {
         assert!(valid_checkpoint_id("counter-1.ckpt_2"));
         for bad in ["", "-x", "../x", "a/b", &"a".repeat(129)] {
             assert!(!valid_checkpoint_id(bad), "{bad}");
+        }
+    }
+
+    /// The frame parser hands DATA on as slices of the body's chunks and collects
+    /// headers and END/DONE across them: however the body is cut, the same archive
+    /// lands, and a stream cut inside a frame is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn any_chunking_of_the_body_gives_the_same_archive() {
+        use http_body_util::StreamBody;
+
+        let work = tempfile::tempdir().unwrap();
+        let src = work.path().join("ckpt");
+        super::super::synthetic::write_checkpoint(&src, "chunks", 200_000).unwrap();
+        let archive = open_archive(&src).await.unwrap();
+        let mut stream = Vec::new();
+        let plans = plan_layers(&archive, 2);
+        assert_eq!(plans.len(), 2);
+        for plan in &plans {
+            let mut blob = Vec::new();
+            let desc = encode_layer_with(
+                &archive,
+                plan,
+                &Compression::default(),
+                LayerHashes::BlobOnly,
+                &mut blob,
+            )
+            .unwrap();
+            let i = plan.index as u16;
+            // Two DATA frames per layer, the second interleaved after the other layer's.
+            let (a, b) = blob.split_at(blob.len() / 2);
+            stream.push((
+                i,
+                a.to_vec(),
+                b.to_vec(),
+                serde_json::to_vec(&desc).unwrap(),
+            ));
+        }
+        let mut body = Vec::new();
+        for (i, a, _, _) in &stream {
+            body.extend_from_slice(&frame(KIND_DATA, *i, a));
+        }
+        for (i, _, b, end) in &stream {
+            body.extend_from_slice(&frame(KIND_DATA, *i, b));
+            body.extend_from_slice(&frame(KIND_END, *i, end));
+        }
+        body.extend_from_slice(&frame(KIND_DONE, 0, br#"{"layers":2}"#));
+
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(CONTENT_TYPE),
+        );
+        let cut = |body: &[u8], size: usize| {
+            let chunks: Vec<Result<http_body::Frame<Bytes>, std::io::Error>> = body
+                .chunks(size)
+                .map(|c| Ok(http_body::Frame::data(Bytes::copy_from_slice(c))))
+                .collect();
+            StreamBody::new(futures::stream::iter(chunks))
+        };
+        let want = archive.total_size();
+        for size in [1, 2, 3, 7, 8, 4099, 65536, body.len()] {
+            let dest = work.path().join(format!("rx-{size}"));
+            let got = receive(&dest, &headers, cut(&body, size)).await.unwrap();
+            assert_eq!(got.layers.len(), 2, "chunks of {size}");
+            let copy = open_archive(&dest).await.unwrap();
+            assert_eq!(copy.total_size(), want, "chunks of {size}");
+            for (a, b) in archive.entries().iter().zip(copy.entries()) {
+                assert_eq!(a.path, b.path, "chunks of {size}");
+                if a.is_file() {
+                    assert_eq!(
+                        std::fs::read(src.join(&a.path)).unwrap(),
+                        std::fs::read(dest.join(&b.path)).unwrap(),
+                        "{} with chunks of {size}",
+                        a.path
+                    );
+                }
+            }
+        }
+        for end in [body.len() - 1, body.len() - 20, 5] {
+            let dest = work.path().join(format!("cut-{end}"));
+            let err = receive(&dest, &headers, cut(&body[..end], 1000))
+                .await
+                .unwrap_err();
+            assert!(!dest.exists(), "cut at {end}: {err}");
         }
     }
 

@@ -123,6 +123,8 @@ pub struct AgentOptions {
     pub tcp: bool,
     pub runc_root: Option<PathBuf>,
     pub kubelet: Option<(String, PathBuf, PathBuf, PathBuf)>,
+    /// More settings (e.g. the image store); the harness's own paths win.
+    pub overrides: Overrides,
 }
 
 pub struct Agent {
@@ -150,7 +152,7 @@ impl Agent {
             allowed_rootfs_dirs: Some(vec![images]),
             criu_path: Some(criu.clone()),
             runc_root: opts.runc_root.clone(),
-            ..Default::default()
+            ..opts.overrides.clone()
         };
         if let Some((url, token, ca, ckdir)) = &opts.kubelet {
             o.kubelet_url = Some(url.clone());

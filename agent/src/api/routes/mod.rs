@@ -2,6 +2,7 @@
 
 pub mod checkpoints;
 pub mod containers;
+pub mod images;
 pub mod jobs;
 pub mod probes;
 pub mod restores;

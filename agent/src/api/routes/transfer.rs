@@ -3,13 +3,15 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use crate::api::error::ApiJson;
 use crate::api::{ApiError, AppState};
+use crate::image_store::{ImageRef, ImageStore};
 use crate::jobs::{JobCtx, JobFailure, JobKind};
 use crate::registry::{ClientOptions, Reference};
 use crate::transfer::Progress;
@@ -45,6 +47,24 @@ pub struct DirectSendRequest {
     pub checkpoint_id: String,
     pub target: String,
     pub target_checkpoint_id: Option<String>,
+    /// Have the target import the checkpoint into its image store under this reference.
+    pub import_reference: Option<String>,
+}
+
+/// Query of the Direct receive routes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiveQuery {
+    /// Import the received checkpoint into the image store under this reference.
+    import: Option<String>,
+}
+
+fn receive_query(
+    q: Result<Query<ReceiveQuery>, QueryRejection>,
+) -> Result<Option<ImageRef>, ApiError> {
+    let Query(q) =
+        q.map_err(|e| ApiError::invalid(format!("bad query string: {}", e.body_text())))?;
+    Ok(q.import.as_deref().map(ImageRef::parse).transpose()?)
 }
 
 fn client_options(s: &AppState, insecure: bool) -> ClientOptions {
@@ -205,6 +225,9 @@ pub async fn direct_send(
         .clone()
         .unwrap_or_else(|| req.checkpoint_id.clone());
     crate::checkpoint::validate_id(&target_id)?;
+    if let Some(r) = &req.import_reference {
+        ImageRef::parse(r)?;
+    }
     // The sender presents the same Secret every agent's TCP listener checks.
     let token = match &s.config.token_file {
         Some(p) => Some(
@@ -221,6 +244,7 @@ pub async fn direct_send(
     let opts = DirectOptions {
         token,
         ca_file: s.config.direct_ca_file.clone(),
+        import_reference: req.import_reference.clone(),
         ..DirectOptions::default()
     };
     let in_use = s.store.acquire(&req.checkpoint_id);
@@ -261,7 +285,10 @@ async fn direct_send_job(
 pub async fn direct_check(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    q: Result<Query<ReceiveQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
+    // A bad reference is refused here, before the sender encodes anything.
+    receive_query(q)?;
     s.store.ensure_new(&id)?;
     let dest = s.store.path(&id);
     direct::check_destination(&dest).map_err(|e| ApiError::conflict(e.to_string()))?;
@@ -270,12 +297,16 @@ pub async fn direct_check(
 
 /// The receiving end: the request body is the stream. The work runs as a
 /// `direct_receive` job (visible in `/v1/jobs`, cancellable) and the answer waits for it.
+/// With `?import=<reference>`, the job then imports the received checkpoint into the
+/// image store before answering.
 pub async fn direct_receive(
     State(s): State<AppState>,
     Path(id): Path<String>,
+    q: Result<Query<ReceiveQuery>, QueryRejection>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> Result<Response, ApiError> {
+    let import = receive_query(q)?;
     s.store.ensure_new(&id)?;
     let ct = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -290,15 +321,37 @@ pub async fn direct_receive(
     }
     let dest = s.store.path(&id);
     let cid = id.clone();
+    let images = import.map(|r| (ImageStore::from_config(&s.config), r, s.store.clone()));
     let job = s
         .jobs
         .spawn(JobKind::DirectReceive, "receiving", move |ctx| async move {
             ctx.clean_on_failure(&dest);
-            let r = direct::receive(&dest, &headers, body)
+            let mut r = direct::receive(&dest, &headers, body)
                 .await
                 .map_err(transfer_failure)?;
             ctx.set_bytes_done(r.bytes_received);
             ctx.output(&dest);
+            if let Some((store, reference, checkpoints)) = images {
+                // The checkpoint is verified and committed: it stays whatever happens to
+                // the import, which can be retried with `POST /v1/images`.
+                ctx.keep(&dest);
+                let _in_use = checkpoints.acquire(&cid);
+                ctx.set_phase("importing");
+                let imported = store
+                    .import(&dest, &reference.to_string())
+                    .await
+                    .map_err(|e| {
+                        let f = super::images::import_failure(e);
+                        JobFailure::new(
+                            f.code,
+                            format!(
+                                "checkpoint {cid} was received and stays stored, but importing it as {reference} failed: {}",
+                                f.message
+                            ),
+                        )
+                    })?;
+                r.imported = Some(imported);
+            }
             let mut v = serde_json::to_value(&r).unwrap_or_default();
             v["checkpoint_id"] = serde_json::json!(cid);
             Ok(v)
@@ -310,6 +363,11 @@ pub async fn direct_receive(
         .ok_or_else(|| ApiError::internal("receive job vanished"))?;
     match (done.status, done.result, done.error) {
         (crate::jobs::JobStatus::Succeeded, Some(r), _) => Ok(axum::Json(r).into_response()),
+        (_, _, Some(e)) if e.phase == "importing" => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "image_store_error",
+            e.message,
+        )),
         (_, _, Some(e)) if e.code == "transfer_error" || e.code == "invalid_archive" => {
             Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
