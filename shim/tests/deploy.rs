@@ -162,7 +162,14 @@ fn the_agent_daemonset_has_what_checkpointing_needs() {
         .into_iter()
         .filter_map(|v| v.host_path.map(|h| h.path))
         .collect();
-    for p in ["/var/lib/kubelet/checkpoints", "/run/ms2m"] {
+    // Checkpoints, the API socket, and CRI-O's image store for Direct-mode imports.
+    for p in [
+        "/var/lib/kubelet/checkpoints",
+        "/run/ms2m",
+        "/var/lib/containers/storage",
+        "/run/containers/storage",
+        "/etc/containers",
+    ] {
         assert!(
             host_paths.contains(p),
             "host path {p} missing: {host_paths:?}"
@@ -206,4 +213,33 @@ fn the_example_migration_is_valid() {
     let m: StatefulMigration = serde_json::from_value(doc.clone()).unwrap();
     m.spec.validate().unwrap();
     assert_eq!(doc["apiVersion"], "migration.ms2m.io/v1alpha1");
+}
+
+#[test]
+fn the_containerd_patch_switches_the_store_and_mounts_the_socket() {
+    let doc = &docs(&deploy_dir().join("examples/agent-containerd-patch.yaml"))[0];
+    let ds: DaemonSet = serde_json::from_value(doc.clone()).unwrap();
+    assert_eq!(ds.metadata.name.as_deref(), Some("ms2m-agent"));
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.name, "agent", "patches the agent container by name");
+    let env = c.env.as_ref().unwrap();
+    assert!(
+        env.iter()
+            .any(|e| e.name == "MS2M_AGENT_IMAGE_STORE" && e.value.as_deref() == Some("containerd"))
+    );
+    let socket = "/run/containerd/containerd.sock";
+    assert!(
+        c.volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .any(|m| m.mount_path == socket)
+    );
+    assert!(
+        pod.volumes
+            .unwrap()
+            .iter()
+            .any(|v| v.host_path.as_ref().is_some_and(|h| h.path == socket))
+    );
 }
