@@ -121,6 +121,10 @@ pub fn http<S: Read + Write>(
 #[derive(Default)]
 pub struct AgentOptions {
     pub tcp: bool,
+    /// Where the TCP listener binds (and that there is one); default with `tcp`: a free
+    /// port on 127.0.0.1. Agents found through the API share one port, as DaemonSet pods
+    /// do, so each needs its own loopback address.
+    pub tcp_addr: Option<SocketAddr>,
     pub runc_root: Option<PathBuf>,
     pub kubelet: Option<(String, PathBuf, PathBuf, PathBuf)>,
     /// More settings (e.g. the image store); the harness's own paths win.
@@ -190,10 +194,15 @@ impl Agent {
                 ms2m_agent::listeners::bind_unix(&sock2, 0o660, None).expect("bind agent socket");
             tokio::spawn(api::serve_unix(l, s2, st2));
         });
-        let tcp = if opts.tcp {
+        let tcp = if opts.tcp || opts.tcp_addr.is_some() {
             let (s3, st3, tok) = (state.clone(), stop.clone(), Arc::new(token.clone()));
+            let addr = opts
+                .tcp_addr
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
             Some(rt.block_on(async {
-                let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let l = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .unwrap_or_else(|e| panic!("binding the agent's TCP listener on {addr}: {e}"));
                 let a = l.local_addr().unwrap();
                 tokio::spawn(api::serve_tcp(l, s3, tok, st3));
                 a
