@@ -15,7 +15,11 @@
 //!         on the receiving side (how the Go implementation's direct mode works)
 //!
 //! Limit: writing the archive's size into a new file (no fsync), the ceiling of any
-//!         receiver that unpacks it, measured before the Direct rows of every run.
+//!         receiver that unpacks it, measured before the pull and Direct rows.
+//!
+//! What a row writes is removed as soon as it is timed, so that every row writes into
+//! memory the row before freed: on a VM that hands freed pages back to its host, a row
+//! that finds none pays a host fault per page (`ms2m_benches::write_limit`).
 //!
 //! Prints medians, ratios against ms2m and ms2m's peak RSS. `MS2M_BENCH_QUICK=1` leaves
 //! out the two slow push baselines (buildah, skopeo) to iterate on the rest. Why the
@@ -432,6 +436,7 @@ fn main() {
                     .arg(format!("oci:{}:ckpt", layout.display()))
                     .arg(format!("docker://{}/bench/skopeo:{tag}", reg.addr)));
                 res.add("skopeo copy (layout build included)", t.elapsed());
+                let _ = std::fs::remove_dir_all(&layout);
             }
 
             // 4. curl of ms2m's own blobs, one stream per layer, in parallel
@@ -496,6 +501,7 @@ fn main() {
                 th.join().unwrap();
             }
             res.add("curl of ms2m's blobs (same streams)", t.elapsed());
+            let _ = std::fs::remove_dir_all(&own);
 
             settle();
             let limit_file = run_dir.join("write-limit");
@@ -513,6 +519,7 @@ fn main() {
                     .arg("--json"),
             );
             res.add("ms2m pull", d);
+            let _ = std::fs::remove_dir_all(&dest);
             rss_pull.push(rss as f64);
             settle();
             let t = Instant::now();
@@ -541,6 +548,8 @@ fn main() {
                 )));
             }
             res.add("skopeo copy + zstd -d + tar -x", t.elapsed());
+            let _ = std::fs::remove_dir_all(&pl);
+            let _ = std::fs::remove_dir_all(&out);
         }
 
         settle();
@@ -561,6 +570,7 @@ fn main() {
         ))
         .unwrap();
         res.add("ms2m direct (agent to agent)", t.elapsed());
+        let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-{tag}")));
         settle();
         let t = Instant::now();
         let archive = rt.block_on(open_archive(&ckpt)).unwrap();
@@ -576,6 +586,7 @@ fn main() {
         ))
         .unwrap();
         res.add("ms2m direct, uncompressed", t.elapsed());
+        let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-none-{tag}")));
         if direct_only {
             let _ = std::fs::remove_dir_all(&run_dir);
             let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-{tag}")));
