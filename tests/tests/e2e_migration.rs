@@ -22,33 +22,6 @@ use ms2m_tests::e2e::{
     Driver, HTTP_PORT, Scenario, ScenarioReport, ScenarioSpec, Strategy, get_state, u64_of,
 };
 
-fn assert_exactly_once(r: &ScenarioReport) {
-    if r.summary["lost"] != 0 || r.summary["sum_matches"] != true {
-        eprintln!("final instance log:\n{}", r.target_log);
-    }
-    let total = r.produced["produced"].as_u64().unwrap();
-    assert_eq!(
-        r.produced["confirmed"].as_u64(),
-        Some(total),
-        "{}",
-        r.produced
-    );
-    assert_eq!(
-        u64_of(&r.final_state, "count"),
-        total,
-        "lost or doubly applied messages: {}",
-        r.summary
-    );
-    assert_eq!(u64_of(&r.final_state, "last_seq"), total);
-    assert_eq!(
-        r.final_state["sum"], r.produced["sum"],
-        "wrong set of messages applied: {}",
-        r.summary
-    );
-    assert_eq!(u64_of(&r.final_state, "gaps"), 0, "{}", r.final_state);
-    assert_eq!(r.final_state["mode"], "primary");
-}
-
 fn spec(
     strategy: Strategy,
     rate: f64,
@@ -84,7 +57,7 @@ fn shadowpod_cutoff_over_the_registry_with_32_mib_loses_nothing() {
     };
     let agents = Agents::start(&sc, None);
     let report = sc.run(|sc| migrate_with_shim(sc, &agents, &opts));
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
     assert_eq!(
         report.summary["details"]["replay"]["stopReason"], "Cutoff",
         "{}",
@@ -123,7 +96,7 @@ fn shadowpod_drain_over_direct_at_50_msg_per_s_loses_nothing() {
         ..ShimOptions::default()
     };
     let report = sc.run(|sc| migrate_with_shim(sc, &agents, &opts));
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
     assert_eq!(
         report.summary["details"]["replay"]["stopReason"], "Drain",
         "{}",
@@ -142,7 +115,7 @@ fn stop_and_copy_through_the_agents_loses_nothing() {
     );
     let agents = Agents::start(&sc, None);
     let report = sc.run(|sc| migrate_stop_and_copy_via_agents(sc, &agents));
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
     assert!(
         !phase_names(&report).iter().any(|p| p == "replaying"),
         "no replay in stop-and-copy"
@@ -161,7 +134,7 @@ fn shadowpod_with_512_mib_at_100_msg_per_s_loses_nothing() {
     );
     let agents = Agents::start(&sc, None);
     let report = sc.run(|sc| migrate_with_shim(sc, &agents, &ShimOptions::default()));
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
     assert!(
         report.summary["checkpoint_bytes"].as_u64().unwrap() > 512 << 20,
         "{}",

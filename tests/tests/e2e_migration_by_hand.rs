@@ -5,36 +5,9 @@
 use std::time::Duration;
 
 use ms2m_tests::e2e::{
-    HTTP_PORT, Scenario, ScenarioReport, ScenarioSpec, Strategy, migrate_by_hand,
-    migrate_by_hand_with, u64_of, wait_state,
+    HTTP_PORT, Scenario, ScenarioSpec, Strategy, migrate_by_hand, migrate_by_hand_with, u64_of,
+    wait_state,
 };
-
-fn assert_exactly_once(r: &ScenarioReport) {
-    if r.summary["lost"] != 0 || r.summary["sum_matches"] != true {
-        eprintln!("target log:\n{}", r.target_log);
-    }
-    let total = r.produced["produced"].as_u64().unwrap();
-    assert_eq!(
-        r.produced["confirmed"].as_u64(),
-        Some(total),
-        "{}",
-        r.produced
-    );
-    assert_eq!(
-        u64_of(&r.final_state, "count"),
-        total,
-        "lost messages: {}",
-        r.summary
-    );
-    assert_eq!(u64_of(&r.final_state, "last_seq"), total);
-    assert_eq!(
-        r.final_state["sum"], r.produced["sum"],
-        "wrong set of messages applied: {}",
-        r.summary
-    );
-    assert_eq!(u64_of(&r.final_state, "gaps"), 0, "{}", r.final_state);
-    assert_eq!(r.final_state["mode"], "primary");
-}
 
 #[test]
 fn stop_and_copy_by_hand_loses_nothing() {
@@ -47,7 +20,7 @@ fn stop_and_copy_by_hand_loses_nothing() {
         warmup: 20,
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
     assert!(
         report.summary["phases_ms"].get("replaying").is_none(),
         "no replay in stop-and-copy"
@@ -65,7 +38,7 @@ fn shadowpod_by_hand_with_32_mib_of_state_at_20_msg_per_s() {
         warmup: 40,
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
     assert!(
         report.summary["checkpoint_bytes"].as_u64().unwrap() > 32 << 20,
         "the ballast is in the checkpoint: {}",
@@ -84,7 +57,7 @@ fn shadowpod_by_hand_with_512_mib_of_state() {
         warmup: 20,
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
     assert!(
         report.summary["checkpoint_bytes"].as_u64().unwrap() > 512 << 20,
         "the ballast is in the checkpoint: {}",
@@ -127,5 +100,5 @@ fn broker_connections_dropped_mid_replay_lose_nothing() {
             );
         })
     });
-    assert_exactly_once(&report);
+    report.assert_exactly_once();
 }

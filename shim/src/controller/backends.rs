@@ -11,7 +11,7 @@ use kube::{Api, Client, api::ListParams};
 use tokio::sync::Mutex;
 
 use crate::agent_client::{
-    AgentAddr, AgentClient, CheckpointRequest, DirectSendRequest, JobStatus, PushRequest,
+    AgentAddr, AgentClient, CheckpointRequest, DirectSendRequest, Job, JobStatus, PushRequest,
 };
 use crate::crd::StatefulMigrationSpec;
 use crate::driver::WorldError;
@@ -183,6 +183,19 @@ impl ClusterBackends {
         let base = self.agent_base(node).await?;
         let token = self.token().await?;
         Ok(AgentClient::new(AgentAddr::Tcp { base, token }))
+    }
+
+    /// The agent job `job` on `node`, as it is now; `None` when no job was started or
+    /// the agent no longer knows it (it restarted).
+    async fn agent_job(&self, node: &str, job: Option<&str>) -> Result<Option<Job>, WorldError> {
+        let Some(id) = job else {
+            return Ok(None);
+        };
+        self.agent(node)
+            .await?
+            .job(id, Duration::ZERO)
+            .await
+            .map_err(agent_err)
     }
 
     /// `http://<pod IP>:<port>` of the agent on `node`.
@@ -392,16 +405,10 @@ impl Backends for ClusterBackends {
         node: &str,
         job: Option<&str>,
     ) -> Result<JobView, WorldError> {
-        let Some(id) = job else {
-            return Ok(JobView::NotStarted);
-        };
-        let agent = self.agent(node).await?;
-        Ok(
-            match agent.job(id, Duration::ZERO).await.map_err(agent_err)? {
-                Some(j) => view(&j, j.result_str("image")),
-                None => JobView::NotStarted,
-            },
-        )
+        Ok(match self.agent_job(node, job).await? {
+            Some(j) => view(&j, j.result_str("image")),
+            None => JobView::NotStarted,
+        })
     }
 
     async fn start_direct_send(
@@ -441,11 +448,7 @@ impl Backends for ClusterBackends {
         node: &str,
         job: Option<&str>,
     ) -> Result<JobView, WorldError> {
-        let Some(id) = job else {
-            return Ok(JobView::NotStarted);
-        };
-        let agent = self.agent(node).await?;
-        let Some(j) = agent.job(id, Duration::ZERO).await.map_err(agent_err)? else {
+        let Some(j) = self.agent_job(node, job).await? else {
             return Ok(JobView::NotStarted);
         };
         let imported = j.result_at("/received/imported/reference");

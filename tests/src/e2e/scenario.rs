@@ -99,6 +99,39 @@ pub struct ScenarioReport {
     pub target_log: String,
 }
 
+impl ScenarioReport {
+    /// Every produced message was confirmed by the broker and applied exactly once by
+    /// the final instance, in order, which is back on the primary queue. Prints the
+    /// final instance's log first when something was lost.
+    pub fn assert_exactly_once(&self) {
+        use super::u64_of;
+        if self.summary["lost"] != 0 || self.summary["sum_matches"] != true {
+            eprintln!("final instance log:\n{}", self.target_log);
+        }
+        let total = self.produced["produced"].as_u64().unwrap();
+        assert_eq!(
+            self.produced["confirmed"].as_u64(),
+            Some(total),
+            "{}",
+            self.produced
+        );
+        assert_eq!(
+            u64_of(&self.final_state, "count"),
+            total,
+            "lost or doubly applied messages: {}",
+            self.summary
+        );
+        assert_eq!(u64_of(&self.final_state, "last_seq"), total);
+        assert_eq!(
+            self.final_state["sum"], self.produced["sum"],
+            "wrong set of messages applied: {}",
+            self.summary
+        );
+        assert_eq!(u64_of(&self.final_state, "gaps"), 0, "{}", self.final_state);
+        assert_eq!(self.final_state["mode"], "primary");
+    }
+}
+
 impl Scenario {
     /// Sets up two nodes, starts the source consumer on nodeA and waits until it
     /// is connected (for a migration by hand).
