@@ -30,6 +30,34 @@ impl Container {
         Container::spawn(cmd, id)
     }
 
+    /// `runc checkpoint` of this container (which then exits) into the archive layout
+    /// CRI-O writes: CRIU images under `<archive>/checkpoint/`, the runtime spec
+    /// (`spec.dump`) and the container config (`config.dump`) beside them.
+    pub fn checkpoint_to_archive(
+        &self,
+        bundle: &Bundle,
+        archive: &Path,
+        work: &Path,
+        config_dump: &serde_json::Value,
+    ) {
+        crate::process::run(
+            Command::new("runc")
+                .arg("--criu")
+                .arg(crate::env::criu())
+                .args(["checkpoint", "--image-path"])
+                .arg(archive.join("checkpoint"))
+                .arg("--work-path")
+                .arg(work)
+                .arg(&self.id),
+        );
+        std::fs::copy(bundle.dir().join("config.json"), archive.join("spec.dump")).unwrap();
+        std::fs::write(
+            archive.join("config.dump"),
+            serde_json::to_vec(config_dump).unwrap(),
+        )
+        .unwrap();
+    }
+
     /// `runc restore -d` of `bundle` as `id` from CRIU images in `images`.
     /// `extra` are more restore flags (e.g. `--tcp-established`).
     pub fn restore(

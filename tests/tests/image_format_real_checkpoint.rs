@@ -5,15 +5,13 @@
 //! where it was checkpointed.
 
 use std::fs;
-use std::process::Command;
 
 use ms2m_image_format::{Archive, Compression, EncodeOptions, read_oci_layout, write_oci_layout};
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
 use ms2m_tests::counter::{COUNTER, assert_continuous, log_lines, wait_for_lines};
-use ms2m_tests::env::{criu, unique};
+use ms2m_tests::env::unique;
 use ms2m_tests::netns::Netns;
-use ms2m_tests::process::run;
 
 fn round_trip(compression: Compression, layers: usize) {
     let tmp = tempfile::tempdir().unwrap();
@@ -28,30 +26,17 @@ fn round_trip(compression: Compression, layers: usize) {
     // runtime spec and the container config beside them.
     let archive_dir = tmp.path().join("archive");
     let images = archive_dir.join("checkpoint");
-    run(Command::new("runc")
-        .arg("--criu")
-        .arg(criu())
-        .args(["checkpoint", "--image-path"])
-        .arg(&images)
-        .arg("--work-path")
-        .arg(tmp.path().join("work"))
-        .arg(&id));
-    drop(source);
-    let at_checkpoint = log_lines(&bundle.rootfs()).len();
-    fs::copy(
-        bundle.dir().join("config.json"),
-        archive_dir.join("spec.dump"),
-    )
-    .unwrap();
-    fs::write(
-        archive_dir.join("config.dump"),
-        serde_json::to_vec(&serde_json::json!({
+    source.checkpoint_to_archive(
+        &bundle,
+        &archive_dir,
+        &tmp.path().join("work"),
+        &serde_json::json!({
             "id": id, "name": "counter", "rootfsImageName": "docker.io/library/busybox:latest",
             "runtime": "runc", "createdTime": "2026-11-28T00:00:00Z",
-        }))
-        .unwrap(),
-    )
-    .unwrap();
+        }),
+    );
+    drop(source);
+    let at_checkpoint = log_lines(&bundle.rootfs()).len();
 
     let archive = Archive::open(&archive_dir).expect("open the real checkpoint");
     let meta = archive.metadata();

@@ -4,7 +4,6 @@
 //! id from the decoded copy: it keeps counting, and its heap survived.
 
 use std::fs;
-use std::process::Command;
 
 use ms2m_image_format::{
     Archive, EncodeOptions, annotations, plan_split_layers, read_oci_layout, write_oci_layout,
@@ -12,9 +11,8 @@ use ms2m_image_format::{
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
 use ms2m_tests::counter::{assert_continuous, log_lines, wait_for_lines};
-use ms2m_tests::env::{criu, require_root, unique};
+use ms2m_tests::env::{require_root, unique};
 use ms2m_tests::netns::Netns;
-use ms2m_tests::process::run;
 
 /// `x` keeps ~2 MB in the shell's heap, so the page image dominates the checkpoint; each
 /// line also records the heap's length, which a damaged restore would change.
@@ -39,26 +37,14 @@ fn restore_from_a_decoded_split_image_continues_the_count() {
 
     let archive_dir = tmp.path().join("archive");
     let images = archive_dir.join("checkpoint");
-    run(Command::new("runc")
-        .arg("--criu")
-        .arg(criu())
-        .args(["checkpoint", "--image-path"])
-        .arg(&images)
-        .arg("--work-path")
-        .arg(tmp.path().join("work"))
-        .arg(&id));
+    source.checkpoint_to_archive(
+        &bundle,
+        &archive_dir,
+        &tmp.path().join("work"),
+        &serde_json::json!({"name": "counter", "runtime": "runc"}),
+    );
     drop(source);
     let at_checkpoint = log_lines(&bundle.rootfs()).len();
-    fs::copy(
-        bundle.dir().join("config.json"),
-        archive_dir.join("spec.dump"),
-    )
-    .unwrap();
-    fs::write(
-        archive_dir.join("config.dump"),
-        br#"{"name":"counter","runtime":"runc"}"#,
-    )
-    .unwrap();
 
     let archive = Archive::open(&archive_dir).expect("open the real checkpoint");
     let plans = plan_split_layers(&archive, 3);
