@@ -10,9 +10,11 @@
 //!         curl upload of ms2m's own compressed blobs, same number of parallel streams
 //!         (the registry's ingest limit)
 //! Pull:   ms2m pull (binary, peak RSS) vs skopeo copy to a layout + zstd -d | tar -x
-//! Direct: ms2m agent to agent (in-process sender and receiver over loopback HTTP) vs
-//!         tar + plain HTTP upload + OCI layout + skopeo copy into containers-storage
-//!         on the receiving side (how the Go implementation's direct mode works)
+//! Direct: ms2m agent to agent (in-process sender and receiver over loopback HTTP),
+//!         uncompressed, and followed by the agent's import into containers-storage
+//!         (how Direct ends in Kubernetes) vs tar + plain HTTP upload + OCI layout +
+//!         skopeo copy into containers-storage on the receiving side (how the Go
+//!         implementation's direct mode works)
 //!
 //! Limit: writing the archive's size into a new file (no fsync), the ceiling of any
 //!         receiver that unpacks it, measured before the pull and Direct rows.
@@ -34,6 +36,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path as AxPath, Request, State};
 use axum::http::StatusCode;
 use axum::routing::put;
+use ms2m_agent::image_store::{Backend, ContainersStorage, ImageStore, Skopeo};
 use ms2m_agent::transfer::Progress;
 use ms2m_agent::transfer::direct::{DirectOptions, receive, send};
 use ms2m_agent::transfer::push::{PushOptions, open_archive};
@@ -249,6 +252,9 @@ fn layout_from_dir(dir: &Path, layout: &Path) {
 /// Flushes dirty pages before a timed step, so no contender pays for the previous
 /// step's writeback (a freshly written 1 GiB checkpoint otherwise slows whoever runs
 /// next).
+/// Row name of Direct followed by the import into containers-storage.
+const DIRECT_IMPORT: &str = "ms2m direct + import into containers-storage";
+
 /// Row name of the machine's new-file write limit.
 const WRITE_LIMIT: &str = "write the archive size to a new file (limit)";
 
@@ -360,6 +366,11 @@ fn main() {
     let rx_dir = work.path().join("rx");
     std::fs::create_dir_all(&rx_dir).unwrap();
     let rx_url = rt.block_on(direct_receiver(rx_dir.clone()));
+    let store = ImageStore::new(
+        Backend::ContainersStorage(ContainersStorage::new(Skopeo::new(&skopeo), &storage)),
+        work.path().join("import-work"),
+    );
+    std::fs::create_dir_all(work.path().join("import-work")).unwrap();
 
     for i in 0..runs {
         let run_dir = work.path().join(format!("run{i}"));
@@ -569,7 +580,19 @@ fn main() {
             &Progress::new(),
         ))
         .unwrap();
-        res.add("ms2m direct (agent to agent)", t.elapsed());
+        let sent = t.elapsed();
+        res.add("ms2m direct (agent to agent)", sent);
+        if !direct_only {
+            // The same transfer ending where the baseline ends, in the receiving node's
+            // image store (what Direct mode does in Kubernetes).
+            let t = Instant::now();
+            rt.block_on(store.import(
+                &rx_dir.join(format!("ms2m-{tag}")),
+                &format!("localhost/bench/ms2m-direct:{tag}"),
+            ))
+            .unwrap();
+            res.add(DIRECT_IMPORT, sent + t.elapsed());
+        }
         let _ = std::fs::remove_dir_all(rx_dir.join(format!("ms2m-{tag}")));
         settle();
         let t = Instant::now();
@@ -654,6 +677,7 @@ fn main() {
             [
                 "ms2m direct (agent to agent)",
                 "ms2m direct, uncompressed",
+                DIRECT_IMPORT,
                 "tar + HTTP upload + layout + skopeo copy",
                 WRITE_LIMIT,
             ]
