@@ -9,19 +9,48 @@
 //! (it uses GNU base-256 sizes), and honouring it would need the parser's cooperation.
 
 use std::collections::HashMap;
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 
 use tracing::debug;
 
 use crate::archive::EntryKind;
 use crate::compression::CompressionKind;
-use crate::digest::OffloadHashingReader;
+use crate::digest::{ChunkReader, ChunkSource, OffloadHashingReader};
 use crate::encode::{LayerDescriptor, LayerHashes};
 use crate::error::{Error, IoContext, Result};
 use crate::staging::{Item, Staging};
 use crate::validate;
 
 const COPY_BUF: usize = 1 << 20;
+/// Read-side buffer in front of a decompressor (libzstd's recommended input size).
+const IN_BUF: usize = 128 * 1024;
+
+/// Where a layer's compressed bytes come from.
+enum Input<'a, R> {
+    /// Any reader: hashed through a copy into pooled chunks.
+    Reader(R),
+    /// Chunks already in memory: hashed and decompressed in place.
+    Chunks(Box<dyn ChunkSource + 'a>),
+}
+
+/// The compressed side of a layer, buffered and hashed; `finish` says what it hashed to
+/// (read it to its end first).
+trait HashedInput: BufRead {
+    fn finish(self: Box<Self>) -> io::Result<(String, u64)>;
+}
+
+impl<R: Read> HashedInput for BufReader<OffloadHashingReader<'_, R>> {
+    fn finish(self: Box<Self>) -> io::Result<(String, u64)> {
+        let (_, digest, n) = self.into_inner().finish()?;
+        Ok((digest, n))
+    }
+}
+
+impl<S: ChunkSource> HashedInput for ChunkReader<S> {
+    fn finish(self: Box<Self>) -> io::Result<(String, u64)> {
+        ChunkReader::finish(*self)
+    }
+}
 
 /// What a layer must hash to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,7 +104,25 @@ pub fn unpack_layer<R: Read>(
     expected: &ExpectedLayer,
     staging: &Staging,
 ) -> Result<LayerStats> {
-    let r = unpack_inner(reader, expected, staging);
+    let r = unpack_inner(Input::Reader(reader), expected, staging);
+    if r.is_err() {
+        staging.fail();
+    }
+    r
+}
+
+/// [`unpack_layer`] for bytes that arrive as chunks already in memory (a downloader's
+/// buffers): they are hashed and decompressed without a copy on the way.
+pub fn unpack_layer_chunks<S: ChunkSource>(
+    source: S,
+    expected: &ExpectedLayer,
+    staging: &Staging,
+) -> Result<LayerStats> {
+    let r = unpack_inner(
+        Input::<io::Empty>::Chunks(Box::new(source)),
+        expected,
+        staging,
+    );
     if r.is_err() {
         staging.fail();
     }
@@ -98,7 +145,7 @@ struct Read_ {
 }
 
 fn read_layer<R: Read>(
-    reader: R,
+    input: Input<'_, R>,
     kind: CompressionKind,
     hashes: LayerHashes,
     staging: &Staging,
@@ -106,18 +153,25 @@ fn read_layer<R: Read>(
     // Both sha256 on helper threads, as in the encoder: this thread only decompresses,
     // parses and writes.
     std::thread::scope(|s| {
-        let mut outer = OffloadHashingReader::new(s, reader);
+        let mut outer: Box<dyn HashedInput + '_> = match input {
+            Input::Reader(r) => Box::new(BufReader::with_capacity(
+                IN_BUF,
+                OffloadHashingReader::new(s, r),
+            )),
+            Input::Chunks(c) => Box::new(ChunkReader::new(c)),
+        };
         let inner = (|| -> Result<(usize, Option<(String, u64)>)> {
             if kind == CompressionKind::None {
                 // The blob is the tar: one hash serves both digests.
-                let entries = read_layer_tar(&mut outer, staging)?;
+                let entries = read_layer_tar(&mut *outer, staging)?;
                 return Ok((entries, None));
             }
             let decompressed: Box<dyn Read + '_> = match kind {
                 CompressionKind::Zstd => Box::new(
-                    zstd::stream::read::Decoder::new(&mut outer).ctx(|| "zstd decoder".into())?,
+                    zstd::stream::read::Decoder::with_buffer(&mut *outer)
+                        .ctx(|| "zstd decoder".into())?,
                 ),
-                CompressionKind::Gzip => Box::new(flate2::read::GzDecoder::new(&mut outer)),
+                CompressionKind::Gzip => Box::new(flate2::bufread::GzDecoder::new(&mut *outer)),
                 CompressionKind::None => unreachable!("handled above"),
             };
             if hashes == LayerHashes::BlobOnly {
@@ -141,7 +195,7 @@ fn read_layer<R: Read>(
         // over) is the error to report.
         let mut drained = io::copy(&mut outer, &mut io::sink());
         let (digest, size) = match outer.finish() {
-            Ok((_, d, n)) => (d, n),
+            Ok((d, n)) => (d, n),
             Err(e) => {
                 drained = Err(e);
                 (String::new(), 0)
@@ -161,7 +215,7 @@ fn read_layer<R: Read>(
 }
 
 fn unpack_inner<R: Read>(
-    reader: R,
+    input: Input<'_, R>,
     expected: &ExpectedLayer,
     staging: &Staging,
 ) -> Result<LayerStats> {
@@ -172,7 +226,7 @@ fn unpack_inner<R: Read>(
         drained,
         digest,
         size,
-    } = read_layer(reader, kind, LayerHashes::BlobAndDiffId, staging);
+    } = read_layer(input, kind, LayerHashes::BlobAndDiffId, staging);
     let (entries, diff_id, uncompressed) = match inner {
         Ok(v) => v,
         Err(e) => {
@@ -254,6 +308,30 @@ impl Staging {
         media_type: &str,
         hashes: LayerHashes,
     ) -> Result<(ExpectedLayer, LayerStats)> {
+        self.unverified(Input::Reader(reader), media_type, hashes)
+    }
+
+    /// [`Staging::unpack_layer_unverified`] for chunks already in memory (a network
+    /// receiver's buffers), hashed and decompressed without a copy on the way.
+    pub fn unpack_layer_chunks_unverified<S: ChunkSource>(
+        &self,
+        source: S,
+        media_type: &str,
+        hashes: LayerHashes,
+    ) -> Result<(ExpectedLayer, LayerStats)> {
+        self.unverified(
+            Input::<io::Empty>::Chunks(Box::new(source)),
+            media_type,
+            hashes,
+        )
+    }
+
+    fn unverified<R: Read>(
+        &self,
+        input: Input<'_, R>,
+        media_type: &str,
+        hashes: LayerHashes,
+    ) -> Result<(ExpectedLayer, LayerStats)> {
         self.begin_unverified();
         let r = (|| {
             let kind = media_kind(media_type)?;
@@ -262,7 +340,7 @@ impl Staging {
                 drained,
                 digest,
                 size,
-            } = read_layer(reader, kind, hashes, self);
+            } = read_layer(input, kind, hashes, self);
             let (entries, diff_id, uncompressed) = inner?;
             drained.ctx(|| "layer: read to end".into())?;
             Ok((
@@ -564,5 +642,56 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(left, vec!["ok".to_string()]);
+    }
+
+    /// Chunks already in memory go through the same checks as a reader: a zstd and a
+    /// plain layer in uneven chunks unpack and verify (diff_id included), and one
+    /// flipped byte is a digest error with nothing committed.
+    #[test]
+    fn chunked_layers_verify_like_read_ones() {
+        struct Chunks(Vec<bytes::Bytes>);
+        impl ChunkSource for Chunks {
+            fn next_chunk(&mut self) -> io::Result<Option<bytes::Bytes>> {
+                Ok((!self.0.is_empty()).then(|| self.0.remove(0)))
+            }
+        }
+        let cut = |b: &[u8]| {
+            Chunks(
+                b.chunks(3)
+                    .take(2)
+                    .chain([&b[6.min(b.len())..]])
+                    .map(bytes::Bytes::copy_from_slice)
+                    .collect(),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let tar = one_file_layer();
+        let zst = zstd::encode_all(&tar[..], 1).unwrap();
+        let diff_id = crate::digest::sha256_digest(&tar);
+        for (name, blob, media_type) in [
+            ("zstd", &zst, "application/vnd.oci.image.layer.v1.tar+zstd"),
+            ("tar", &tar, TAR),
+        ] {
+            let expected = ExpectedLayer {
+                media_type: media_type.into(),
+                digest: crate::digest::sha256_digest(blob),
+                size: blob.len() as u64,
+                diff_id: Some(diff_id.clone()),
+            };
+            let s = staging(dir.path(), name);
+            let stats = unpack_layer_chunks(cut(blob), &expected, &s).unwrap();
+            assert_eq!(stats.compressed_size, blob.len() as u64, "{name}");
+            let out = s.commit().unwrap();
+            assert_eq!(std::fs::read(out.join("pages-1.img")).unwrap(), b"hello");
+
+            let mut bad = blob.clone();
+            let last = bad.len() - 1;
+            bad[last] ^= 1;
+            let s = staging(dir.path(), &format!("{name}-bad"));
+            let e = unpack_layer_chunks(cut(&bad), &expected, &s).unwrap_err();
+            assert!(matches!(e, Error::DigestMismatch { .. }), "{name}: {e}");
+            assert!(s.commit().is_err());
+            assert!(!dir.path().join(format!("{name}-bad")).exists());
+        }
     }
 }

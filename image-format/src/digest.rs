@@ -1,6 +1,6 @@
 //! sha256 while streaming, on either side of a compressor.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -180,6 +180,105 @@ impl<R: Read> Read for OffloadHashingReader<'_, R> {
     }
 }
 
+/// A layer's bytes as chunks already in memory, in order: a network receiver's own
+/// buffers. Read through [`ChunkReader`], they are hashed and decompressed without
+/// being copied on the way.
+pub trait ChunkSource {
+    /// The next chunk; `Ok(None)` at the end of the layer.
+    fn next_chunk(&mut self) -> io::Result<Option<bytes::Bytes>>;
+}
+
+impl<S: ChunkSource + ?Sized> ChunkSource for Box<S> {
+    fn next_chunk(&mut self) -> io::Result<Option<bytes::Bytes>> {
+        (**self).next_chunk()
+    }
+}
+
+/// Chunks handed to the hashing thread before the reader waits for it.
+const CHUNKS_IN_FLIGHT: usize = 32;
+
+/// `BufRead` over a [`ChunkSource`] that hashes every chunk on a helper thread: the
+/// helper gets a reference-counted handle to the same bytes, so unlike
+/// [`OffloadHashingReader`] nothing is copied for the hash, and a decompressor reading
+/// through `fill_buf` decodes straight out of the receiver's buffers. At most
+/// `CHUNKS_IN_FLIGHT` chunks wait for the hasher, so memory stays bounded.
+pub(crate) struct ChunkReader<S> {
+    source: S,
+    cur: bytes::Bytes,
+    ended: bool,
+    tx: Option<SyncSender<bytes::Bytes>>,
+    handle: Option<std::thread::JoinHandle<Sha256>>,
+    count: u64,
+}
+
+impl<S: ChunkSource> ChunkReader<S> {
+    pub(crate) fn new(source: S) -> Self {
+        let (tx, rx) = sync_channel::<bytes::Bytes>(CHUNKS_IN_FLIGHT);
+        let handle = std::thread::spawn(move || {
+            let mut h = Sha256::new();
+            for chunk in rx {
+                h.update(&chunk);
+            }
+            h
+        });
+        ChunkReader {
+            source,
+            cur: bytes::Bytes::new(),
+            ended: false,
+            tx: Some(tx),
+            handle: Some(handle),
+            count: 0,
+        }
+    }
+
+    /// The digest and size of every byte the source gave (read the source to its end
+    /// first).
+    pub(crate) fn finish(mut self) -> io::Result<(String, u64)> {
+        drop(self.tx.take());
+        let hasher = self
+            .handle
+            .take()
+            .ok_or_else(hasher_gone)?
+            .join()
+            .map_err(|_| hasher_gone())?;
+        Ok((format_digest(hasher), self.count))
+    }
+}
+
+impl<S: ChunkSource> BufRead for ChunkReader<S> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.cur.is_empty() && !self.ended {
+            match self.source.next_chunk()? {
+                Some(chunk) => {
+                    self.count += chunk.len() as u64;
+                    self.tx
+                        .as_ref()
+                        .ok_or_else(hasher_gone)?
+                        .send(chunk.clone())
+                        .map_err(|_| hasher_gone())?;
+                    self.cur = chunk;
+                }
+                None => self.ended = true,
+            }
+        }
+        Ok(&self.cur)
+    }
+
+    fn consume(&mut self, amt: usize) {
+        bytes::Buf::advance(&mut self.cur, amt);
+    }
+}
+
+impl<S: ChunkSource> Read for ChunkReader<S> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(out.len());
+        out[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +308,35 @@ mod tests {
             let (_, d, n) = r.finish().unwrap();
             (out, d, n)
         });
+        assert_eq!(out, data);
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(d, sha256_digest(&data));
+    }
+
+    #[test]
+    fn chunk_reader_hashes_what_it_hands_out() {
+        struct Chunks(std::vec::IntoIter<bytes::Bytes>);
+        impl ChunkSource for Chunks {
+            fn next_chunk(&mut self) -> io::Result<Option<bytes::Bytes>> {
+                Ok(self.0.next())
+            }
+        }
+        let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 17 % 251) as u8).collect();
+        // Uneven chunks, an empty one among them.
+        let mut chunks = Vec::new();
+        let mut at = 0;
+        for (i, size) in [1usize, 0, 7, 65536, 1 << 20].iter().cycle().enumerate() {
+            if at >= data.len() || i > 10_000 {
+                break;
+            }
+            let end = (at + size).min(data.len());
+            chunks.push(bytes::Bytes::copy_from_slice(&data[at..end]));
+            at = end;
+        }
+        let mut r = ChunkReader::new(Chunks(chunks.into_iter()));
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        let (d, n) = r.finish().unwrap();
         assert_eq!(out, data);
         assert_eq!(n, data.len() as u64);
         assert_eq!(d, sha256_digest(&data));

@@ -23,8 +23,8 @@ pub use compression::{
     Compression, CompressionKind, MEDIA_TYPE_DOCKER_LAYER_GZIP, MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD,
 };
-pub use decode::{ExpectedLayer, LayerStats, unpack_layer};
-pub use digest::{digest_hex, sha256_digest};
+pub use decode::{ExpectedLayer, LayerStats, unpack_layer, unpack_layer_chunks};
+pub use digest::{ChunkSource, digest_hex, sha256_digest};
 pub use encode::{LayerDescriptor, LayerHashes, encode_layer, encode_layer_with};
 pub use error::{Error, Result};
 pub use image::{Blob, CheckpointImage, ImageOptions, build_image};

@@ -1,7 +1,9 @@
 //! Bridges between the synchronous encoder/decoder threads and async sockets: a bounded
 //! channel of byte chunks, so at most `depth × chunk` bytes of a stream are in memory.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+
+use ms2m_image_format::ChunkSource;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -68,49 +70,40 @@ impl Write for ChannelSink {
     }
 }
 
-/// `Read` end, used from a blocking thread; EOF when the sender is dropped. The sender
-/// reports a failed download by sending an error marker (see `ChannelItem`).
-pub struct ChannelReader {
-    rx: mpsc::Receiver<ChannelItem>,
-    cur: Bytes,
-    failed: bool,
-}
-
 /// What a downloader sends: data, or the reason the stream cannot go on.
 pub enum ChannelItem {
     Data(Bytes),
     Error(String),
 }
 
-impl ChannelReader {
+/// Receiving end as the image-format decoder's chunk source, used from a blocking
+/// thread: the decoder hashes and decompresses the network's own buffers in place. The
+/// end of the layer is the sender being dropped; a failed download is an error marker
+/// (see `ChannelItem`), after which every call fails.
+pub struct ChannelChunks {
+    rx: mpsc::Receiver<ChannelItem>,
+    failed: Option<String>,
+}
+
+impl ChannelChunks {
     pub fn new(rx: mpsc::Receiver<ChannelItem>) -> Self {
-        Self {
-            rx,
-            cur: Bytes::new(),
-            failed: false,
-        }
+        Self { rx, failed: None }
     }
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.cur.is_empty() {
-            if self.failed {
-                return Err(io::Error::other("download failed"));
-            }
-            match self.rx.blocking_recv() {
-                Some(ChannelItem::Data(b)) => self.cur = b,
-                Some(ChannelItem::Error(e)) => {
-                    self.failed = true;
-                    return Err(io::Error::other(e));
-                }
-                None => return Ok(0),
-            }
+impl ChunkSource for ChannelChunks {
+    fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
+        if let Some(e) = &self.failed {
+            return Err(io::Error::other(e.clone()));
         }
-        let n = out.len().min(self.cur.len());
-        out[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        Ok(n)
+        match self.rx.blocking_recv() {
+            Some(ChannelItem::Data(b)) => Ok(Some(b)),
+            Some(ChannelItem::Error(e)) => {
+                self.failed = Some(e.clone());
+                Err(io::Error::other(e))
+            }
+            None => Ok(None),
+        }
     }
 }
 
@@ -151,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn reader_concatenates_and_surfaces_errors() {
+    fn chunks_in_order_then_errors_stick() {
         let (tx, rx) = mpsc::channel(8);
         tx.try_send(ChannelItem::Data(Bytes::from_static(b"hello ")))
             .unwrap();
@@ -159,15 +152,21 @@ mod tests {
             .unwrap();
         tx.try_send(ChannelItem::Error("boom".into())).unwrap();
         drop(tx);
-        let mut r = ChannelReader::new(rx);
-        let mut buf = [0u8; 11];
+        let mut c = ChannelChunks::new(rx);
         std::thread::spawn(move || {
-            r.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"hello world");
-            let e = r.read(&mut [0u8; 4]).unwrap_err();
-            assert!(e.to_string().contains("boom"));
+            assert_eq!(c.next_chunk().unwrap().unwrap(), &b"hello "[..]);
+            assert_eq!(c.next_chunk().unwrap().unwrap(), &b"world"[..]);
+            assert!(c.next_chunk().unwrap_err().to_string().contains("boom"));
+            assert!(c.next_chunk().unwrap_err().to_string().contains("boom"));
         })
         .join()
         .unwrap();
+
+        let (tx, rx) = mpsc::channel::<ChannelItem>(1);
+        drop(tx);
+        let mut c = ChannelChunks::new(rx);
+        std::thread::spawn(move || assert!(c.next_chunk().unwrap().is_none()))
+            .join()
+            .unwrap();
     }
 }

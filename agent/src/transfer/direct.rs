@@ -9,7 +9,7 @@
 //! Receiver: in Direct mode a layer's digests arrive after its last byte, so each layer
 //! is unpacked as it streams in (hostile-entry rules applied on the fly) into a staging
 //! directory with the image-format decoder's deferred verification
-//! (`Staging::unpack_layer_unverified`), then confirmed against the END frame; the
+//! (`Staging::unpack_layer_chunks_unverified`), then confirmed against the END frame; the
 //! staging is committed only when every layer matched and DONE arrived, and removed
 //! otherwise. No spool file: the bytes are written once, where they end up.
 
@@ -32,7 +32,7 @@ use tracing::{debug, info};
 
 pub use super::push::open_archive;
 
-use super::channel::{CHUNK, ChannelItem, ChannelReader, DEPTH};
+use super::channel::{CHUNK, ChannelChunks, ChannelItem, DEPTH};
 use super::upload::tokio_stream;
 use super::{Error, LayerState, Progress};
 use crate::registry::client_config;
@@ -661,8 +661,8 @@ fn start_decoder(l: &mut LayerIn, staging: &Arc<Staging>, media_type: &'static s
     let (tx, rx) = mpsc::channel(DEPTH);
     let staging = staging.clone();
     l.unpacker = Some(tokio::task::spawn_blocking(move || {
-        Ok(staging.unpack_layer_unverified(
-            ChannelReader::new(rx),
+        Ok(staging.unpack_layer_chunks_unverified(
+            ChannelChunks::new(rx),
             media_type,
             LayerHashes::BlobOnly,
         )?)

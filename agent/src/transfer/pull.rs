@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
-use ms2m_image_format::{ExpectedLayer, Staging, unpack_layer};
+use ms2m_image_format::{ExpectedLayer, Staging, unpack_layer_chunks};
 use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex, ImageManifest};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::channel::{ChannelItem, ChannelReader, DEPTH};
+use super::channel::{ChannelChunks, ChannelItem, DEPTH};
 use super::{Error, LayerState, Progress};
 use crate::registry::{Access, ClientOptions, Reference, RegistryClient};
 
@@ -140,7 +140,7 @@ pub async fn pull(
             let (tx, rx) = mpsc::channel(DEPTH);
             progress.set_state(i, LayerState::Transferring);
             let decoder = tokio::task::spawn_blocking(move || {
-                unpack_layer(ChannelReader::new(rx), &expected, &staging)
+                unpack_layer_chunks(ChannelChunks::new(rx), &expected, &staging)
             });
             let fed = feed(client_ref, &digest, i, tx, progress).await;
             let decoded = decoder
