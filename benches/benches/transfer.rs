@@ -349,6 +349,8 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/var/tmp"));
     let work = tempfile::tempdir_in(&work_root).unwrap();
+    // Declared after `work`, so dropped (unmounting) before it.
+    let _unmount = UnmountBelow(work.path().to_path_buf());
     let reg = Registry::start(work.path());
     let storage = format!(
         "[overlay@{}+{}]",
@@ -704,12 +706,20 @@ fn main() {
             median(&mut rss_pull) / 1048576.0
         );
     }
-    // containers-storage leaves overlay mounts behind; unmount before the temp dir goes.
-    let _ = Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "grep -o '{}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
-            work.path().display()
-        ))
-        .status();
+}
+
+/// Unmounts whatever containers-storage left mounted under the work dir before the
+/// temp dir is removed, also when a row panics (a mount would keep the GiBs on disk).
+struct UnmountBelow(PathBuf);
+
+impl Drop for UnmountBelow {
+    fn drop(&mut self) {
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "grep -o '{}[^ ]*' /proc/mounts | sort -r | xargs -r -n1 umount -l",
+                self.0.display()
+            ))
+            .status();
+    }
 }
