@@ -73,7 +73,7 @@ async fn registry_killed_mid_push_and_restarted_gives_a_complete_correct_image()
         .await
         .unwrap();
     assert_eq!(pulled.digest, pushed.digest);
-    assert_eq!(tree_listing(&src), tree_listing(&dest));
+    assert_eq!(tree_listing(&work.path().join("ckpt")), tree_listing(&dest));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,15 +110,26 @@ async fn registry_down_for_good_gives_a_clean_error_and_no_tag() {
     assert!(reg.tags("ms2m/down").is_empty(), "a failed push left a tag");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_blob_fails_the_pull_and_leaves_nothing() {
-    let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("ckpt");
-    synthetic_checkpoint(&src, "corrupt", 4 * 1024 * 1024);
+/// Pushes a synthetic checkpoint of `mib` MiB as `ms2m-test/<name>` and puts a proxy
+/// with `fault` in front of the registry for its largest layer: the push result, that
+/// layer's digest, the proxy and the image's reference through the proxy.
+async fn pushed_behind_a_faulty_proxy(
+    work: &std::path::Path,
+    name: &str,
+    mib: u64,
+    fault: Fault,
+) -> (
+    ms2m_agent::transfer::push::PushResult,
+    String,
+    FaultyProxy,
+    Reference,
+) {
+    let src = work.join("ckpt");
+    synthetic_checkpoint(&src, name, mib * 1024 * 1024);
     let image = Reference::parse(&format!(
-        "{}/ms2m-test/corrupt:{}",
+        "{}/ms2m-test/{name}:{}",
         env::registry(),
-        env::unique("c")
+        env::unique("f")
     ))
     .unwrap();
     let pushed = push(&src, &image, &PushOptions::default(), &Progress::new())
@@ -131,8 +142,7 @@ async fn a_corrupted_blob_fails_the_pull_and_leaves_nothing() {
         .unwrap()
         .digest
         .clone();
-
-    let proxy = FaultyProxy::start(&env::registry(), &victim, Fault::FlipByte);
+    let proxy = FaultyProxy::start(&env::registry(), &victim, fault);
     let via_proxy = Reference::parse(&format!(
         "{}/{}:{}",
         proxy.addr,
@@ -140,6 +150,14 @@ async fn a_corrupted_blob_fails_the_pull_and_leaves_nothing() {
         image.tag.as_deref().unwrap()
     ))
     .unwrap();
+    (pushed, victim, proxy, via_proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_blob_fails_the_pull_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let (_, victim, proxy, via_proxy) =
+        pushed_behind_a_faulty_proxy(work.path(), "corrupt", 4, Fault::FlipByte).await;
     let out = work.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let dest = out.join("pulled");
@@ -161,39 +179,15 @@ async fn a_corrupted_blob_fails_the_pull_and_leaves_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_download_resumes_with_a_range_request() {
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("ckpt");
-    synthetic_checkpoint(&src, "resumed", 8 * 1024 * 1024);
-    let image = Reference::parse(&format!(
-        "{}/ms2m-test/resumed:{}",
-        env::registry(),
-        env::unique("r")
-    ))
-    .unwrap();
-    let pushed = push(&src, &image, &PushOptions::default(), &Progress::new())
-        .await
-        .unwrap();
-    let victim = pushed
-        .layers
-        .iter()
-        .max_by_key(|l| l.size)
-        .unwrap()
-        .digest
-        .clone();
-    let proxy = FaultyProxy::start(&env::registry(), &victim, Fault::CutOnce);
-    let via_proxy = Reference::parse(&format!(
-        "{}/{}:{}",
-        proxy.addr,
-        image.repository,
-        image.tag.as_deref().unwrap()
-    ))
-    .unwrap();
+    let (pushed, _, proxy, via_proxy) =
+        pushed_behind_a_faulty_proxy(work.path(), "resumed", 8, Fault::CutOnce).await;
     let dest = work.path().join("pulled");
     let progress = Progress::new();
     let pulled = pull(&via_proxy, &dest, &PullOptions::default(), &progress)
         .await
         .expect("a dropped download must resume");
     assert_eq!(pulled.digest, pushed.digest);
-    assert_eq!(tree_listing(&src), tree_listing(&dest));
+    assert_eq!(tree_listing(&work.path().join("ckpt")), tree_listing(&dest));
     assert_eq!(proxy.injected.load(std::sync::atomic::Ordering::Relaxed), 1);
     assert_eq!(
         proxy.ranged.load(std::sync::atomic::Ordering::Relaxed),
