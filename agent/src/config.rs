@@ -47,6 +47,7 @@ pub struct FileConfig {
     pub runc_path: Option<PathBuf>,
     pub runc_root: Option<PathBuf>,
     pub job_retention_seconds: Option<u64>,
+    pub checkpoint_retention_seconds: Option<u64>,
     pub shutdown_grace_seconds: Option<u64>,
     pub registry_auth_file: Option<PathBuf>,
     pub registry_ca_file: Option<PathBuf>,
@@ -169,6 +170,9 @@ pub struct Config {
     pub runc_path: PathBuf,
     pub runc_root: Option<PathBuf>,
     pub job_retention_seconds: u64,
+    /// Checkpoints older than this (by their directory's mtime) and not used by a job
+    /// are deleted; 0 keeps them forever.
+    pub checkpoint_retention_seconds: u64,
     pub shutdown_grace_seconds: u64,
     pub registry_auth_file: Option<PathBuf>,
     pub registry_ca_file: Option<PathBuf>,
@@ -246,6 +250,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("runc")),
             runc_root: o.runc_root.clone().or(fc.runc_root),
             job_retention_seconds: fc.job_retention_seconds.unwrap_or(3600),
+            checkpoint_retention_seconds: fc.checkpoint_retention_seconds.unwrap_or(86_400),
             shutdown_grace_seconds: fc.shutdown_grace_seconds.unwrap_or(30),
             registry_auth_file: o.registry_auth_file.clone().or(fc.registry_auth_file),
             registry_ca_file: o.registry_ca_file.clone().or(fc.registry_ca_file),

@@ -38,6 +38,29 @@ async fn load_token(config: &Config) -> Result<Arc<String>, DaemonError> {
     Ok(Arc::new(t))
 }
 
+/// Deletes checkpoints older than `retention` that no job uses, at start and then a
+/// tenth of the retention apart (at most every 10 minutes).
+async fn expire_checkpoints(store: crate::checkpoint::CheckpointStore, retention: Duration) {
+    let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+    loop {
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.expire(retention, std::time::SystemTime::now()))
+            .await
+        {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(
+                    ?removed,
+                    retention_s = retention.as_secs(),
+                    "expired checkpoints deleted"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "checkpoint expiry failed"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Serve until SIGTERM/SIGINT.
 pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError> {
     for d in [
@@ -105,6 +128,7 @@ pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError
         None
     };
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
+    let retention = Duration::from_secs(config.checkpoint_retention_seconds);
     let state = AppState::new(config, criu);
     let jobs = state.jobs.clone();
     let stop = CancellationToken::new();
@@ -116,6 +140,9 @@ pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError
             tracing::info!(addr = %a, "serving on TCP (bearer token required)");
         }
         servers.spawn(api::serve_tcp(tcp, state.clone(), token, stop.clone()));
+    }
+    if !retention.is_zero() {
+        tokio::spawn(expire_checkpoints(state.store.clone(), retention));
     }
     match crate::sd_notify::notify("READY=1") {
         Ok(true) => tracing::info!("notified systemd: READY=1"),

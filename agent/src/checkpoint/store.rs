@@ -142,6 +142,27 @@ impl CheckpointStore {
         out
     }
 
+    /// Deletes every checkpoint stored before `now - max_age` that no job uses, and
+    /// returns their ids. A checkpoint's age is its directory's birth time (the moment
+    /// it was written here; an mtime can be restored from an old archive), or its mtime
+    /// where the filesystem has no birth time. Migrations never delete their checkpoints (a completed
+    /// one leaves the source's, and in Direct mode the target's copy), so without this
+    /// each migration would leave its memory size on the node's disk.
+    pub fn expire(&self, max_age: std::time::Duration, now: std::time::SystemTime) -> Vec<String> {
+        let mut removed = Vec::new();
+        for l in self.list() {
+            let old = std::fs::metadata(&l.path)
+                .and_then(|m| m.created().or_else(|_| m.modified()))
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > max_age);
+            if old && self.delete(&l.checkpoint_id).is_ok() {
+                removed.push(l.checkpoint_id);
+            }
+        }
+        removed
+    }
+
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
         let p = self.existing(id)?;
         if self
@@ -168,6 +189,27 @@ mod tests {
         for bad in ["", "../x", "a/b", ".hidden", "-x", &"a".repeat(129), "a b"] {
             assert!(validate_id(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn expiry_takes_old_unused_checkpoints_only() {
+        use std::time::{Duration, SystemTime};
+        let t = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(t.path());
+        let write = |id: &str| {
+            std::fs::create_dir(t.path().join(id)).unwrap();
+            std::fs::write(t.path().join(id).join("pages-1.img"), b"x").unwrap();
+        };
+        write("old");
+        write("old-in-use");
+        // Birth times cannot be set: age the first two by waiting.
+        std::thread::sleep(Duration::from_millis(1100));
+        write("new");
+        let _job = store.acquire("old-in-use");
+        let removed = store.expire(Duration::from_millis(500), SystemTime::now());
+        assert_eq!(removed, vec!["old".to_string()]);
+        let left: Vec<_> = store.list().into_iter().map(|l| l.checkpoint_id).collect();
+        assert_eq!(left, vec!["new".to_string(), "old-in-use".to_string()]);
     }
 
     #[test]
