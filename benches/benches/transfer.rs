@@ -75,43 +75,19 @@ fn run(cmd: &mut Command) -> String {
 /// Runs `cmd`, sampling its VmHWM; returns (stdout, wall time, peak RSS bytes).
 fn run_rss(cmd: &mut Command) -> (String, Duration, u64) {
     let t = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    let pid = child.id();
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let a = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let b = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let mut peak = 0u64;
-    let status = loop {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            && let Some(kb) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        {
-            peak = peak.max(kb * 1024);
-        }
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let (out, peak) = ms2m_tests::transfer::run_measuring_rss(cmd);
     let elapsed = t.elapsed();
-    let (out, err) = (a.join().unwrap(), b.join().unwrap());
-    assert!(status.success(), "{cmd:?} failed: {status}\n{err}");
-    (out, elapsed, peak)
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        elapsed,
+        peak,
+    )
 }
 
 fn agent_bin() -> PathBuf {

@@ -58,6 +58,28 @@ impl Container {
         .unwrap();
     }
 
+    /// Restores `bundle` as `id` from `images` and checks that the counter runs on
+    /// from where the checkpoint (`at_checkpoint` lines) left it; returns the log lines
+    /// seen then.
+    pub fn restore_keeps_counting(
+        bundle: &Bundle,
+        id: &str,
+        images: &Path,
+        work: &Path,
+        at_checkpoint: usize,
+    ) -> (Container, Vec<Vec<u64>>) {
+        let restored = Container::restore(bundle, id, images, work, &[]);
+        assert_eq!(
+            restored.status().as_deref(),
+            Some("running"),
+            "{}",
+            restored.output()
+        );
+        let after = crate::counter::wait_for_lines(&bundle.rootfs(), at_checkpoint + 20);
+        crate::counter::assert_continuous(&after);
+        (restored, after)
+    }
+
     /// `runc restore -d` of `bundle` as `id` from CRIU images in `images`.
     /// `extra` are more restore flags (e.g. `--tcp-established`).
     pub fn restore(

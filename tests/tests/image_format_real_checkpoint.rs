@@ -9,7 +9,7 @@ use std::fs;
 use ms2m_image_format::{Archive, Compression, EncodeOptions, read_oci_layout, write_oci_layout};
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
-use ms2m_tests::counter::{COUNTER, assert_continuous, log_lines, wait_for_lines};
+use ms2m_tests::counter::{COUNTER, log_lines, wait_for_lines};
 use ms2m_tests::env::unique;
 use ms2m_tests::netns::Netns;
 
@@ -65,22 +65,13 @@ fn round_trip(compression: Compression, layers: usize) {
         );
     }
 
-    let restored_id = unique("ms2m-if-r-");
-    let restored = Container::restore(
+    let (_restored, _) = Container::restore_keeps_counting(
         &bundle,
-        &restored_id,
+        &unique("ms2m-if-r-"),
         &decoded.join("checkpoint"),
         &tmp.path().join("work-restore"),
-        &[],
+        at_checkpoint,
     );
-    assert_eq!(
-        restored.status().as_deref(),
-        Some("running"),
-        "{}",
-        restored.output()
-    );
-    let after = wait_for_lines(&bundle.rootfs(), at_checkpoint + 20);
-    assert_continuous(&after);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use ms2m_image_format::{
 };
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
-use ms2m_tests::counter::{assert_continuous, log_lines, wait_for_lines};
+use ms2m_tests::counter::{log_lines, wait_for_lines};
 use ms2m_tests::env::{require_root, unique};
 use ms2m_tests::netns::Netns;
 
@@ -107,21 +107,13 @@ fn restore_from_a_decoded_split_image_continues_the_count() {
         );
     }
 
-    let restored = Container::restore(
+    let (_restored, after) = Container::restore_keeps_counting(
         &bundle,
         &unique("ms2m-sp-r-"),
         &decoded.join("checkpoint"),
         &tmp.path().join("work-restore"),
-        &[],
+        at_checkpoint,
     );
-    assert_eq!(
-        restored.status().as_deref(),
-        Some("running"),
-        "{}",
-        restored.output()
-    );
-    let after = wait_for_lines(&bundle.rootfs(), at_checkpoint + 20);
-    assert_continuous(&after);
     for (k, line) in after.iter().enumerate() {
         assert_eq!(line[1], heap, "heap changed at line {k}");
     }
