@@ -194,26 +194,18 @@ impl<S: ChunkSource + ?Sized> ChunkSource for Box<S> {
     }
 }
 
-/// Chunks handed to the hashing thread before the reader waits for it.
-const CHUNKS_IN_FLIGHT: usize = 32;
-
-/// `BufRead` over a [`ChunkSource`] that hashes every chunk on a helper thread: the
-/// helper gets a reference-counted handle to the same bytes, so unlike
-/// [`OffloadHashingReader`] nothing is copied for the hash, and a decompressor reading
-/// through `fill_buf` decodes straight out of the receiver's buffers. At most
-/// `CHUNKS_IN_FLIGHT` chunks wait for the hasher, so memory stays bounded.
-pub(crate) struct ChunkReader<S> {
-    source: S,
-    cur: bytes::Bytes,
-    ended: bool,
+/// sha256 of a sequence of shared chunks, on a thread of its own: each chunk is a
+/// reference-counted handle to the producer's buffer, so nothing is copied for the hash.
+/// At most `depth` chunks wait for it before `feed` blocks, so memory stays bounded.
+pub(crate) struct HashThread {
     tx: Option<SyncSender<bytes::Bytes>>,
     handle: Option<std::thread::JoinHandle<Sha256>>,
     count: u64,
 }
 
-impl<S: ChunkSource> ChunkReader<S> {
-    pub(crate) fn new(source: S) -> Self {
-        let (tx, rx) = sync_channel::<bytes::Bytes>(CHUNKS_IN_FLIGHT);
+impl HashThread {
+    pub(crate) fn spawn(depth: usize) -> Self {
+        let (tx, rx) = sync_channel::<bytes::Bytes>(depth);
         let handle = std::thread::spawn(move || {
             let mut h = Sha256::new();
             for chunk in rx {
@@ -221,18 +213,23 @@ impl<S: ChunkSource> ChunkReader<S> {
             }
             h
         });
-        ChunkReader {
-            source,
-            cur: bytes::Bytes::new(),
-            ended: false,
+        HashThread {
             tx: Some(tx),
             handle: Some(handle),
             count: 0,
         }
     }
 
-    /// The digest and size of every byte the source gave (read the source to its end
-    /// first).
+    pub(crate) fn feed(&mut self, chunk: bytes::Bytes) -> io::Result<()> {
+        self.count += chunk.len() as u64;
+        self.tx
+            .as_ref()
+            .ok_or_else(hasher_gone)?
+            .send(chunk)
+            .map_err(|_| hasher_gone())
+    }
+
+    /// The digest and size of everything fed.
     pub(crate) fn finish(mut self) -> io::Result<(String, u64)> {
         drop(self.tx.take());
         let hasher = self
@@ -245,17 +242,42 @@ impl<S: ChunkSource> ChunkReader<S> {
     }
 }
 
+/// Chunks handed to the hashing thread before the reader waits for it.
+const CHUNKS_IN_FLIGHT: usize = 32;
+
+/// `BufRead` over a [`ChunkSource`] that hashes every chunk on a [`HashThread`]: unlike
+/// [`OffloadHashingReader`] nothing is copied for the hash, and a decompressor reading
+/// through `fill_buf` decodes straight out of the receiver's buffers.
+pub(crate) struct ChunkReader<S> {
+    source: S,
+    cur: bytes::Bytes,
+    ended: bool,
+    hash: HashThread,
+}
+
+impl<S: ChunkSource> ChunkReader<S> {
+    pub(crate) fn new(source: S) -> Self {
+        ChunkReader {
+            source,
+            cur: bytes::Bytes::new(),
+            ended: false,
+            hash: HashThread::spawn(CHUNKS_IN_FLIGHT),
+        }
+    }
+
+    /// The digest and size of every byte the source gave (read the source to its end
+    /// first).
+    pub(crate) fn finish(self) -> io::Result<(String, u64)> {
+        self.hash.finish()
+    }
+}
+
 impl<S: ChunkSource> BufRead for ChunkReader<S> {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.cur.is_empty() && !self.ended {
             match self.source.next_chunk()? {
                 Some(chunk) => {
-                    self.count += chunk.len() as u64;
-                    self.tx
-                        .as_ref()
-                        .ok_or_else(hasher_gone)?
-                        .send(chunk.clone())
-                        .map_err(|_| hasher_gone())?;
+                    self.hash.feed(chunk.clone())?;
                     self.cur = chunk;
                 }
                 None => self.ended = true,

@@ -14,6 +14,8 @@ mod image;
 mod layout;
 mod metadata;
 mod plan;
+mod pool;
+mod sink;
 mod staging;
 mod tar_scan;
 mod validate;
@@ -25,11 +27,14 @@ pub use compression::{
 };
 pub use decode::{ExpectedLayer, LayerStats, unpack_layer, unpack_layer_chunks};
 pub use digest::{ChunkSource, digest_hex, sha256_digest};
-pub use encode::{LayerDescriptor, LayerHashes, encode_layer, encode_layer_with};
+pub use encode::{
+    LayerDescriptor, LayerHashes, encode_layer, encode_layer_chunks, encode_layer_with,
+};
 pub use error::{Error, Result};
 pub use image::{Blob, CheckpointImage, ImageOptions, build_image};
 pub use layout::{EncodeOptions, read_oci_layout, write_oci_layout};
 pub use metadata::{CheckpointMetadata, FileInfo, is_page_image};
 pub use plan::{FilePart, LayerPlan, plan_layers, plan_split_layers, split_part_name};
+pub use sink::ChunkSink;
 pub use staging::Staging;
 pub use validate::Limits;

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::sync::Arc;
 
 use ms2m_agent::registry::{Access, ClientOptions, Credentials, Reference, RegistryClient, Scheme};
+use ms2m_agent::transfer::channel::ChannelSink;
 use ms2m_agent::transfer::upload::{BlobSource, upload_blob};
 use ms2m_agent::transfer::{Error, Progress};
 use ms2m_tests::env;
@@ -33,7 +34,7 @@ impl SeededBlob {
 
 impl BlobSource for SeededBlob {
     type Output = usize;
-    fn produce(&self, sink: &mut dyn Write) -> Result<(String, usize), Error> {
+    fn produce(&self, sink: &mut ChannelSink) -> Result<(String, usize), Error> {
         let data = self.bytes();
         for c in data.chunks(100_000) {
             sink.write_all(c)

@@ -7,6 +7,7 @@ use ms2m_agent::registry::Reference;
 use ms2m_agent::transfer::pull::{PullOptions, pull};
 use ms2m_agent::transfer::push::{PushOptions, push};
 use ms2m_agent::transfer::{LayerState, Progress};
+use ms2m_image_format::sha256_digest;
 use ms2m_tests::env;
 use ms2m_tests::process::{run, stdout};
 use ms2m_tests::transfer::{synthetic_checkpoint, tree_listing};
@@ -77,6 +78,80 @@ async fn push_then_pull_gives_the_identical_archive_and_a_valid_image() {
     // skopeo verified every blob's digest while copying; umoci 0.4 cannot read zstd
     // layers, so it checks the gzip image in the next test.
     assert!(layout.join("index.json").is_file());
+
+    // A zstd layer is a run of 1 MiB frames (the 6 MiB page image makes several): the
+    // reference decoder and containers/image's (skopeo --dest-decompress, what CRI-O
+    // runs) both read each back to exactly the tar its diff_id names.
+    let zstd = env::tool("zstd", "zstd");
+    let plain = work.path().join("decompressed");
+    run(Command::new(&skopeo)
+        .args(["copy", "--src-tls-verify=false", "--dest-decompress"])
+        .arg(format!("docker://{image}"))
+        .arg(format!("dir:{}", plain.display())));
+    for layer in &pushed.layers {
+        let blob = layout.join("blobs/sha256").join(&layer.digest[7..]);
+        let tar = run(Command::new(&zstd).arg("-dc").arg(&blob)).stdout;
+        assert_eq!(tar.len() as u64, layer.uncompressed_size);
+        assert_eq!(
+            sha256_digest(&tar),
+            layer.diff_id,
+            "zstd -d of {}",
+            layer.digest
+        );
+        let by_skopeo = std::fs::read(plain.join(&layer.diff_id[7..])).unwrap();
+        assert!(
+            by_skopeo == tar,
+            "skopeo's decompression of {}",
+            layer.digest
+        );
+    }
+    let biggest = pushed.layers.iter().map(|l| l.size).max().unwrap();
+    let frames = count_zstd_frames(
+        &std::fs::read(
+            layout.join("blobs/sha256").join(
+                &pushed
+                    .layers
+                    .iter()
+                    .find(|l| l.size == biggest)
+                    .unwrap()
+                    .digest[7..],
+            ),
+        )
+        .unwrap(),
+    );
+    assert!(frames >= 6, "the page image's layer has {frames} frames");
+}
+
+/// Counts the frames of a zstd stream by walking frame headers and block headers.
+fn count_zstd_frames(mut b: &[u8]) -> usize {
+    let mut frames = 0;
+    while !b.is_empty() {
+        assert_eq!(&b[..4], &[0x28, 0xb5, 0x2f, 0xfd], "frame magic");
+        let fhd = b[4];
+        let single_segment = fhd & 0x20 != 0;
+        let fcs_len = match fhd >> 6 {
+            0 => usize::from(single_segment),
+            1 => 2,
+            2 => 4,
+            _ => 8,
+        };
+        let did_len = [0, 1, 2, 4][usize::from(fhd & 3)];
+        let mut at = 5 + usize::from(!single_segment) + did_len + fcs_len;
+        loop {
+            let h = u32::from_le_bytes([b[at], b[at + 1], b[at + 2], 0]);
+            let (last, kind, size) = (h & 1 == 1, (h >> 1) & 3, (h >> 3) as usize);
+            at += 3 + if kind == 1 { 1 } else { size };
+            if last {
+                break;
+            }
+        }
+        if fhd & 4 != 0 {
+            at += 4; // content checksum
+        }
+        b = &b[at..];
+        frames += 1;
+    }
+    frames
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,7 @@ use ms2m_image_format::{Archive, Compression, encode_layer, plan_layers};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 
+use super::channel::ChannelSink;
 use super::push::{PushOptions, open_archive, push_archive};
 use super::upload::{BlobSource, upload_blob};
 use super::{Error, Progress};
@@ -90,7 +91,7 @@ struct NoiseBlob {
 
 impl BlobSource for NoiseBlob {
     type Output = ();
-    fn produce(&self, sink: &mut dyn Write) -> Result<(String, ()), Error> {
+    fn produce(&self, sink: &mut ChannelSink) -> Result<(String, ()), Error> {
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         let mut x = self.seed | 1;

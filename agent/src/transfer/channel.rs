@@ -3,7 +3,7 @@
 
 use std::io::{self, Write};
 
-use ms2m_image_format::ChunkSource;
+use ms2m_image_format::{ChunkSink, ChunkSource};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
@@ -15,8 +15,9 @@ pub const CHUNK: usize = 256 * 1024;
 /// the encoder and the socket wait for each other (8 chunks measured ≈25 % slower).
 pub const DEPTH: usize = 16;
 
-/// `Write` end, used from a blocking thread. Discards the first `skip` bytes (resuming
-/// an upload after re-encoding a deterministic stream).
+/// Sending end, used from a blocking thread: a [`ChunkSink`] for the encoder (its
+/// blocks pass on without a copy) and a `Write` for other producers. Discards the first
+/// `skip` bytes (resuming an upload after re-encoding a deterministic stream).
 pub struct ChannelSink {
     tx: mpsc::Sender<Bytes>,
     buf: BytesMut,
@@ -38,10 +39,33 @@ impl ChannelSink {
         }
         let chunk = self.buf.split().freeze();
         self.buf.reserve(CHUNK);
+        self.push(chunk)
+    }
+
+    fn push(&self, chunk: Bytes) -> io::Result<()> {
         // blocking_send parks this (non-async) thread until the socket side catches up.
         self.tx
             .blocking_send(chunk)
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "transfer stream closed"))
+    }
+}
+
+impl ChunkSink for ChannelSink {
+    fn send(&mut self, mut chunk: Bytes) -> io::Result<()> {
+        self.send_buf()?;
+        if self.skip > 0 {
+            let n = self.skip.min(chunk.len() as u64) as usize;
+            self.skip -= n as u64;
+            bytes::Buf::advance(&mut chunk, n);
+        }
+        // Slices of at most CHUNK keep `DEPTH` chunks in flight the memory bound it is.
+        while chunk.len() > CHUNK {
+            self.push(chunk.split_to(CHUNK))?;
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.push(chunk)
     }
 }
 
@@ -128,6 +152,30 @@ mod tests {
         }
         let want: Vec<u8> = (0..(CHUNK * 2 + 10)).skip(5).map(|i| i as u8).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn sink_passes_chunks_on_in_slices_after_written_bytes() {
+        let (tx, mut rx) = mpsc::channel(64);
+        let block: Vec<u8> = (0..(CHUNK * 2 + 100)).map(|i| (i % 251) as u8).collect();
+        let b = Bytes::from(block.clone());
+        std::thread::spawn(move || {
+            let mut s = ChannelSink::new(tx, 3);
+            s.write_all(b"ab").unwrap();
+            s.send(Bytes::from_static(b"cd")).unwrap();
+            s.send(b).unwrap();
+            s.send(Bytes::new()).unwrap();
+        })
+        .join()
+        .unwrap();
+        let mut got = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            assert!(!c.is_empty() && c.len() <= CHUNK);
+            got.extend_from_slice(&c);
+        }
+        let mut want = b"abcd".to_vec();
+        want.extend_from_slice(&block);
+        assert_eq!(got, want[3..]);
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! staging is committed only when every layer matched and DONE arrived, and removed
 //! otherwise. No spool file: the bytes are written once, where they end up.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -22,9 +21,9 @@ use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use ms2m_image_format::{
-    Archive, Compression, ExpectedLayer, LayerDescriptor, LayerHashes, LayerStats,
-    MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, Staging, encode_layer_with,
-    plan_layers,
+    Archive, ChunkSink, Compression, ExpectedLayer, LayerDescriptor, LayerHashes, LayerStats,
+    MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, Staging,
+    encode_layer_chunks, plan_layers,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
@@ -126,63 +125,39 @@ fn frame(kind: u8, layer: u16, payload: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// `Write` end of one layer: cuts the encoder output into DATA frames.
+/// A piece of the request body; `Some(layer)` marks DATA payload bytes of that layer
+/// (what progress counts).
+type Piece = (Option<u16>, Bytes);
+
+/// One layer's end of the request body: each chunk of encoder output goes out as DATA
+/// frames of at most `CHUNK` bytes, the 7-byte frame header as a piece of its own so
+/// the payload (a slice of the encoder's buffer) is never copied.
 struct FrameSink {
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Piece>,
     layer: u16,
-    buf: BytesMut,
 }
 
 impl FrameSink {
-    fn new(tx: mpsc::Sender<Bytes>, layer: u16) -> Self {
-        let mut s = Self {
-            tx,
-            layer,
-            buf: BytesMut::new(),
-        };
-        s.start();
-        s
-    }
-
-    fn start(&mut self) {
-        self.buf.reserve(HEADER + CHUNK);
-        self.buf.put_u8(KIND_DATA);
-        self.buf.put_u16(self.layer);
-        self.buf.put_u32(0);
-    }
-
-    fn send(&mut self) -> std::io::Result<()> {
-        let len = self.buf.len() - HEADER;
-        if len == 0 {
-            return Ok(());
-        }
-        self.buf[3..HEADER].copy_from_slice(&(len as u32).to_be_bytes());
-        let chunk = self.buf.split().freeze();
-        self.start();
+    fn push(&self, piece: Piece) -> std::io::Result<()> {
         // blocking_send parks this encoder thread until the socket drains.
-        self.tx.blocking_send(chunk).map_err(|_| {
+        self.tx.blocking_send(piece).map_err(|_| {
             std::io::Error::new(std::io::ErrorKind::BrokenPipe, "direct stream closed")
         })
     }
 }
 
-impl Write for FrameSink {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let mut d = data;
-        while !d.is_empty() {
-            let room = HEADER + CHUNK - self.buf.len();
-            let n = room.min(d.len());
-            self.buf.extend_from_slice(&d[..n]);
-            d = &d[n..];
-            if self.buf.len() >= HEADER + CHUNK {
-                self.send()?;
-            }
+impl ChunkSink for FrameSink {
+    fn send(&mut self, mut chunk: Bytes) -> std::io::Result<()> {
+        while !chunk.is_empty() {
+            let payload = chunk.split_to(chunk.len().min(CHUNK));
+            let mut header = BytesMut::with_capacity(HEADER);
+            header.put_u8(KIND_DATA);
+            header.put_u16(self.layer);
+            header.put_u32(payload.len() as u32);
+            self.push((None, header.freeze()))?;
+            self.push((Some(self.layer), payload))?;
         }
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.send()
+        Ok(())
     }
 }
 
@@ -203,37 +178,37 @@ pub async fn send(
     }
     let plans = plan_layers(&archive, opts.layers.clamp(1, MAX_LAYERS));
     progress.set_layers(&plans.iter().map(|p| p.size).collect::<Vec<_>>());
-    let (tx, rx) = mpsc::channel::<Bytes>(DEPTH * plans.len());
+    // Two pieces (header, payload) per DATA frame: twice the depth for the same bytes.
+    let (tx, rx) = mpsc::channel::<Piece>(2 * DEPTH * plans.len());
     let mut encoders = Vec::new();
     for plan in plans {
         let (archive, tx, compression) = (archive.clone(), tx.clone(), opts.compression);
         let index = plan.index;
         progress.set_state(index, LayerState::Transferring);
         encoders.push(tokio::task::spawn_blocking(move || {
-            let mut sink = FrameSink::new(tx.clone(), index as u16);
+            let mut sink = FrameSink {
+                tx: tx.clone(),
+                layer: index as u16,
+            };
             // No image comes of a Direct stream, so no diff_id: the blob digest is what
             // the receiver verifies.
-            let desc = encode_layer_with(
+            let desc = encode_layer_chunks(
                 &archive,
                 &plan,
                 &compression,
                 LayerHashes::BlobOnly,
                 &mut sink,
             )?;
-            sink.flush().map_err(|e| Error::io("direct stream", e))?;
             let meta = serde_json::to_vec(&desc).map_err(|e| Error::Internal(e.to_string()))?;
-            tx.blocking_send(frame(KIND_END, index as u16, &meta))
+            tx.blocking_send((None, frame(KIND_END, index as u16, &meta)))
                 .map_err(|_| Error::Protocol("direct stream closed".into()))?;
             Ok::<LayerDescriptor, Error>(desc)
         }));
     }
     let p = progress.clone();
-    let body = tokio_stream(rx).map(move |b: Bytes| {
-        if b.len() > HEADER && b[0] == KIND_DATA {
-            p.add_wire(
-                u16::from_be_bytes([b[1], b[2]]) as usize,
-                (b.len() - HEADER) as u64,
-            );
+    let body = tokio_stream(rx).map(move |(layer, b): Piece| {
+        if let Some(layer) = layer {
+            p.add_wire(layer as usize, b.len() as u64);
         }
         Ok::<Bytes, std::io::Error>(b)
     });
@@ -259,7 +234,7 @@ pub async fn send(
             layers: descs.len(),
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
-        tx.send(frame(KIND_DONE, 0, &done))
+        tx.send((None, frame(KIND_DONE, 0, &done)))
             .await
             .map_err(|_| Error::Protocol("direct stream closed before DONE".into()))?;
         Ok(descs)
@@ -711,6 +686,7 @@ async fn send_piece(l: &LayerIn, layer: usize, piece: Bytes) -> Result<bool, Err
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ms2m_image_format::encode_layer_with;
 
     #[test]
     fn checkpoint_ids() {
@@ -807,19 +783,29 @@ mod tests {
     #[test]
     fn frame_sink_cuts_data_frames_with_lengths() {
         let (tx, mut rx) = mpsc::channel(64);
+        let data = Bytes::from(vec![9u8; CHUNK + 5]);
+        let ptr = data.as_ptr();
         std::thread::spawn(move || {
-            let mut s = FrameSink::new(tx, 3);
-            s.write_all(&vec![9u8; CHUNK + 5]).unwrap();
-            s.flush().unwrap();
+            let mut s = FrameSink { tx, layer: 3 };
+            s.send(data).unwrap();
+            s.send(Bytes::new()).unwrap();
         })
         .join()
         .unwrap();
-        let a = rx.try_recv().unwrap();
-        let b = rx.try_recv().unwrap();
-        assert_eq!(&a[..3], &[KIND_DATA, 0, 3]);
-        assert_eq!(u32::from_be_bytes([a[3], a[4], a[5], a[6]]) as usize, CHUNK);
-        assert_eq!(a.len(), HEADER + CHUNK);
-        assert_eq!(u32::from_be_bytes([b[3], b[4], b[5], b[6]]), 5);
-        assert!(rx.try_recv().is_err());
+        let mut pieces = Vec::new();
+        while let Ok(p) = rx.try_recv() {
+            pieces.push(p);
+        }
+        assert_eq!(pieces.len(), 4);
+        let (h1, p1, h2, p2) = (&pieces[0], &pieces[1], &pieces[2], &pieces[3]);
+        assert_eq!((h1.0, p1.0, h2.0, p2.0), (None, Some(3), None, Some(3)));
+        assert_eq!(&h1.1[..], &[KIND_DATA, 0, 3, 0, 4, 0, 0]);
+        assert_eq!(u32::from_be_bytes([h2.1[3], h2.1[4], h2.1[5], h2.1[6]]), 5);
+        assert_eq!((p1.1.len(), p2.1.len()), (CHUNK, 5));
+        assert_eq!(
+            p1.1.as_ptr(),
+            ptr,
+            "the payload is the encoder's buffer, not a copy"
+        );
     }
 }

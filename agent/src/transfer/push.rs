@@ -8,12 +8,13 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use ms2m_image_format::{
-    Archive, Compression, ImageOptions, LayerDescriptor, LayerPlan, build_image, encode_layer,
-    plan_layers,
+    Archive, Compression, ImageOptions, LayerDescriptor, LayerHashes, LayerPlan, build_image,
+    encode_layer_chunks, plan_layers,
 };
 use serde::Serialize;
 use tracing::info;
 
+use super::channel::ChannelSink;
 use super::upload::{BlobSource, upload_blob};
 use super::{Error, Progress};
 use crate::registry::{Access, ClientOptions, Reference, RegistryClient};
@@ -103,8 +104,14 @@ struct LayerSource {
 
 impl BlobSource for LayerSource {
     type Output = LayerDescriptor;
-    fn produce(&self, sink: &mut dyn std::io::Write) -> Result<(String, LayerDescriptor), Error> {
-        let d = encode_layer(&self.archive, &self.plan, &self.compression, sink)?;
+    fn produce(&self, sink: &mut ChannelSink) -> Result<(String, LayerDescriptor), Error> {
+        let d = encode_layer_chunks(
+            &self.archive,
+            &self.plan,
+            &self.compression,
+            LayerHashes::BlobAndDiffId,
+            sink,
+        )?;
         Ok((d.digest.clone(), d))
     }
 }

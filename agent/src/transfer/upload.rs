@@ -26,8 +26,9 @@ use crate::registry::RegistryClient;
 pub trait BlobSource: Send + Sync + 'static {
     /// What the producer returns besides the digest (e.g. the layer descriptor).
     type Output: Send + 'static;
-    /// Writes the whole blob to `sink` and returns its digest (`sha256:<hex>`).
-    fn produce(&self, sink: &mut dyn Write) -> Result<(String, Self::Output), Error>;
+    /// Writes the whole blob to `sink` (as a `Write`, or as a `ChunkSink` to hand on
+    /// its own buffers) and returns its digest (`sha256:<hex>`).
+    fn produce(&self, sink: &mut ChannelSink) -> Result<(String, Self::Output), Error>;
 }
 
 /// Uploads the blob of `source`, reporting as layer `index` of `progress`.
