@@ -12,6 +12,7 @@ use axum::routing::{get, put};
 use ms2m_agent::transfer::Progress;
 use ms2m_agent::transfer::direct::{CONTENT_TYPE, DirectOptions, check_destination, receive, send};
 use ms2m_agent::transfer::push::open_archive;
+use ms2m_image_format::Compression;
 use ms2m_tests::transfer::{dir_names, synthetic_checkpoint, tree_listing};
 
 const TOKEN: &str = "direct-test-token";
@@ -109,6 +110,44 @@ async fn direct_send_delivers_the_identical_archive() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
+}
+
+/// Two layers of about the same size stream at once, uncompressed and with zstd, so
+/// their frames interleave on the wire. (That a DATA frame's header and payload cannot
+/// be separated by another layer's frame is a property of the channel item, checked by
+/// `frame_sink_cuts_data_frames_with_lengths`; a race here would only show it
+/// sometimes.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_big_layers_interleave_cleanly_compressed_or_not() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "direct", 16 * 1024 * 1024 + 77);
+    let mut other = vec![0u8; 15 * 1024 * 1024 + 3];
+    for (i, b) in other.iter_mut().enumerate() {
+        *b = (i * 31 % 253) as u8;
+    }
+    std::fs::write(src.join("checkpoint/pages-3.img"), other).unwrap();
+    let target_dir = work.path().join("target-node");
+    std::fs::create_dir(&target_dir).unwrap();
+    let url = serve(target_dir.clone()).await;
+    for (i, compression) in [Compression::None, Compression::default()]
+        .into_iter()
+        .enumerate()
+    {
+        let opts = DirectOptions {
+            token: Some(TOKEN.into()),
+            layers: 2,
+            compression,
+            ..DirectOptions::default()
+        };
+        let id = format!("interleaved-{i}");
+        let archive = open_archive(&src).await.unwrap();
+        let progress = Progress::new();
+        let r = send(archive, &url, &id, &opts, &progress).await.unwrap();
+        assert_eq!(r.received.layers.len(), 2, "{compression:?}");
+        assert_eq!(progress.snapshot().wire_bytes, r.bytes_sent);
+        assert_eq!(tree_listing(&src), tree_listing(&r.received.path));
+    }
 }
 
 fn frame(kind: u8, layer: u16, payload: &[u8]) -> Vec<u8> {

@@ -125,13 +125,14 @@ fn frame(kind: u8, layer: u16, payload: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// A piece of the request body; `Some(layer)` marks DATA payload bytes of that layer
-/// (what progress counts).
-type Piece = (Option<u16>, Bytes);
+/// One frame of the request body: a whole END/DONE frame, or a DATA frame's 7-byte
+/// header with its payload (a slice of the encoder's buffer, never copied) and layer.
+/// Header and payload travel as one item because several encoder threads share the
+/// channel: sent apart, another layer's frame could come between them.
+type Piece = (Bytes, Option<(u16, Bytes)>);
 
 /// One layer's end of the request body: each chunk of encoder output goes out as DATA
-/// frames of at most `CHUNK` bytes, the 7-byte frame header as a piece of its own so
-/// the payload (a slice of the encoder's buffer) is never copied.
+/// frames of at most `CHUNK` bytes.
 struct FrameSink {
     tx: mpsc::Sender<Piece>,
     layer: u16,
@@ -154,8 +155,7 @@ impl ChunkSink for FrameSink {
             header.put_u8(KIND_DATA);
             header.put_u16(self.layer);
             header.put_u32(payload.len() as u32);
-            self.push((None, header.freeze()))?;
-            self.push((Some(self.layer), payload))?;
+            self.push((header.freeze(), Some((self.layer, payload))))?;
         }
         Ok(())
     }
@@ -178,8 +178,7 @@ pub async fn send(
     }
     let plans = plan_layers(&archive, opts.layers.clamp(1, MAX_LAYERS));
     progress.set_layers(&plans.iter().map(|p| p.size).collect::<Vec<_>>());
-    // Two pieces (header, payload) per DATA frame: twice the depth for the same bytes.
-    let (tx, rx) = mpsc::channel::<Piece>(2 * DEPTH * plans.len());
+    let (tx, rx) = mpsc::channel::<Piece>(DEPTH * plans.len());
     let mut encoders = Vec::new();
     for plan in plans {
         let (archive, tx, compression) = (archive.clone(), tx.clone(), opts.compression);
@@ -200,17 +199,22 @@ pub async fn send(
                 &mut sink,
             )?;
             let meta = serde_json::to_vec(&desc).map_err(|e| Error::Internal(e.to_string()))?;
-            tx.blocking_send((None, frame(KIND_END, index as u16, &meta)))
+            tx.blocking_send((frame(KIND_END, index as u16, &meta), None))
                 .map_err(|_| Error::Protocol("direct stream closed".into()))?;
             Ok::<LayerDescriptor, Error>(desc)
         }));
     }
     let p = progress.clone();
-    let body = tokio_stream(rx).map(move |(layer, b): Piece| {
-        if let Some(layer) = layer {
-            p.add_wire(layer as usize, b.len() as u64);
-        }
-        Ok::<Bytes, std::io::Error>(b)
+    let body = tokio_stream(rx).flat_map(move |(head, data): Piece| {
+        let payload = data.map(|(layer, payload)| {
+            p.add_wire(layer as usize, payload.len() as u64);
+            payload
+        });
+        futures::stream::iter(
+            std::iter::once(head)
+                .chain(payload)
+                .map(Ok::<Bytes, std::io::Error>),
+        )
     });
     let finisher = async move {
         let mut descs = Vec::new();
@@ -234,7 +238,7 @@ pub async fn send(
             layers: descs.len(),
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
-        tx.send((None, frame(KIND_DONE, 0, &done)))
+        tx.send((frame(KIND_DONE, 0, &done), None))
             .await
             .map_err(|_| Error::Protocol("direct stream closed before DONE".into()))?;
         Ok(descs)
@@ -796,14 +800,15 @@ mod tests {
         while let Ok(p) = rx.try_recv() {
             pieces.push(p);
         }
-        assert_eq!(pieces.len(), 4);
-        let (h1, p1, h2, p2) = (&pieces[0], &pieces[1], &pieces[2], &pieces[3]);
-        assert_eq!((h1.0, p1.0, h2.0, p2.0), (None, Some(3), None, Some(3)));
-        assert_eq!(&h1.1[..], &[KIND_DATA, 0, 3, 0, 4, 0, 0]);
-        assert_eq!(u32::from_be_bytes([h2.1[3], h2.1[4], h2.1[5], h2.1[6]]), 5);
-        assert_eq!((p1.1.len(), p2.1.len()), (CHUNK, 5));
+        assert_eq!(pieces.len(), 2);
+        let ((h1, d1), (h2, d2)) = (&pieces[0], &pieces[1]);
+        let ((l1, p1), (l2, p2)) = (d1.as_ref().unwrap(), d2.as_ref().unwrap());
+        assert_eq!((*l1, *l2), (3, 3));
+        assert_eq!(&h1[..], &[KIND_DATA, 0, 3, 0, 4, 0, 0]);
+        assert_eq!(u32::from_be_bytes([h2[3], h2[4], h2[5], h2[6]]), 5);
+        assert_eq!((p1.len(), p2.len()), (CHUNK, 5));
         assert_eq!(
-            p1.1.as_ptr(),
+            p1.as_ptr(),
             ptr,
             "the payload is the encoder's buffer, not a copy"
         );
