@@ -199,3 +199,76 @@ async fn a_dropped_download_resumes_with_a_range_request() {
     let total: u64 = pushed.layers.iter().map(|l| l.size).sum();
     assert_eq!(snap.wire_bytes, total);
 }
+
+/// An image whose config names a wrong diff_id for a layer whose blob is intact: the
+/// blob digests pass, so a plain pull unpacks it; `verify_diff_ids` refuses it and
+/// leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_lying_about_a_diff_id_is_caught_when_asked() {
+    use ms2m_agent::registry::{Access, RegistryClient};
+    use ms2m_image_format::sha256_digest;
+
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("ckpt");
+    synthetic_checkpoint(&src, "liar", 3 * 1024 * 1024);
+    let image = Reference::parse(&format!(
+        "{}/ms2m-test/diffid:{}",
+        env::registry(),
+        env::unique("d")
+    ))
+    .unwrap();
+    let pushed = push(&src, &image, &PushOptions::default(), &Progress::new())
+        .await
+        .unwrap();
+
+    // Same layers, a config whose first diff_id is wrong, a manifest pointing at it.
+    let client = RegistryClient::connect(&image, ClientOptions::default(), Access::Push)
+        .await
+        .unwrap();
+    let manifest = client.get_manifest(&pushed.manifest_digest).await.unwrap();
+    let mut m: serde_json::Value = serde_json::from_slice(&manifest.bytes).unwrap();
+    let config_digest = m["config"]["digest"].as_str().unwrap().to_string();
+    let mut config: serde_json::Value = serde_json::from_slice(
+        &client
+            .get_small_blob(&config_digest, 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    config["rootfs"]["diff_ids"][0] = sha256_digest(b"not this layer").into();
+    let config = serde_json::to_vec(&config).unwrap();
+    let lying_config = sha256_digest(&config);
+    client.put_blob(&lying_config, &config).await.unwrap();
+    m["config"]["digest"] = lying_config.into();
+    m["config"]["size"] = config.len().into();
+    let lying = Reference {
+        tag: Some("lying".into()),
+        ..image.clone()
+    };
+    client
+        .put_manifest(
+            "lying",
+            "application/vnd.oci.image.manifest.v1+json",
+            &serde_json::to_vec(&m).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let out = work.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let strict = PullOptions {
+        verify_diff_ids: true,
+        ..PullOptions::default()
+    };
+    let err = pull(&lying, &out.join("strict"), &strict, &Progress::new())
+        .await
+        .expect_err("a wrong diff_id must fail a verifying pull");
+    assert!(format!("{err:#}").contains("diff_id"), "{err:#}");
+    assert!(dir_names(&out).is_empty(), "left {:?}", dir_names(&out));
+
+    let dest = out.join("plain");
+    pull(&lying, &dest, &PullOptions::default(), &Progress::new())
+        .await
+        .unwrap();
+    assert_eq!(tree_listing(&src), tree_listing(&dest));
+}

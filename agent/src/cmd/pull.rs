@@ -20,6 +20,10 @@ pub struct Args {
     /// Layers downloaded at the same time.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
+    /// Also check every layer's uncompressed digest against the image config's
+    /// diff_ids (the blob digests are always checked).
+    #[arg(long)]
+    pub verify_diff_ids: bool,
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -30,6 +34,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let opts = PullOptions {
         client: args.registry.client_options(),
         parallel: args.parallel.max(1),
+        verify_diff_ids: args.verify_diff_ids,
     };
     let progress = Progress::new();
     let bar = Bar::spawn(progress.clone(), "pulling");

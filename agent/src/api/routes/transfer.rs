@@ -39,6 +39,8 @@ pub struct PullRequest {
     pub parallel: Option<usize>,
     #[serde(default)]
     pub insecure: bool,
+    #[serde(default)]
+    pub verify_diff_ids: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,6 +156,7 @@ pub async fn pull(
     let opts = crate::transfer::pull::PullOptions {
         client: client_options(&s, req.insecure),
         parallel: req.parallel.unwrap_or(4).max(1),
+        verify_diff_ids: req.verify_diff_ids,
     };
     let store = s.store.clone();
     let job = s.jobs.spawn(JobKind::Pull, "downloading", move |ctx| {
