@@ -27,7 +27,7 @@ use crate::agent_client::{
 use crate::driver::{self, World, WorldError};
 use crate::engine::{
     Action, JobView, Next, Observation, Phase, Plan, Progress, QueueNames, ReplayMode, SourceView,
-    StepState, Strategy, TargetView, TransferMode,
+    StepState, Strategy, TargetView, TransferMode, leftover_checkpoints,
 };
 use crate::messaging::{ControlMessage, Messaging, MessagingError};
 
@@ -643,6 +643,18 @@ pub async fn migrate_with_state(
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+        }
+    }
+    // What the migration left in the agents' stores, as the controller does it: best
+    // effort, the agents' retention expiry removes what this cannot.
+    for l in leftover_checkpoints(&plan, &progress) {
+        let agent = if l.node == plan.target_node {
+            &world.target
+        } else {
+            &world.source
+        };
+        if let Err(e) = agent.delete_checkpoint(&l.checkpoint_id).await {
+            warn!(node = %l.node, checkpoint = %l.checkpoint_id, error = %e, "could not delete the checkpoint (the agent's retention expiry will)");
         }
     }
     // Across restarts the migration started when the first run did.

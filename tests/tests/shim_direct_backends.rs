@@ -327,6 +327,20 @@ fn direct_send_imports_on_the_target_node_and_the_rollback_removes_the_image() {
         )
         .await;
         assert!(storage.inspect(reference, false).is_none());
+
+        // Once the migration is over, both copies of the checkpoint go; twice is fine.
+        for _ in 0..2 {
+            for node in ["node-a", "node-b"] {
+                api.during(
+                    "delete_checkpoint",
+                    &[Lookup::Agent(node)],
+                    b.delete_checkpoint(&m, node, "ckpt-1"),
+                )
+                .await;
+            }
+            assert!(!source.checkpoints_dir().join("ckpt-1").exists());
+            assert!(!target.checkpoints_dir().join("ckpt-1").exists());
+        }
         api.done().await;
     });
 }

@@ -258,6 +258,22 @@ impl Rig {
         );
         assert_eq!(bodies[1], serde_json::json!({"type": "END_REPLAY"}));
         assert_eq!(self.replay_depth(), None, "replay queue left behind");
+        self.assert_checkpoints_deleted();
+    }
+
+    /// The finished migration deleted its checkpoint from both agents' stores.
+    fn assert_checkpoints_deleted(&self) {
+        for (node, agent) in [("source", &self.agent_a), ("target", &self.agent_b)] {
+            let dir = agent
+                .config
+                .checkpoints_dir()
+                .join(&self.settings.checkpoint_id);
+            assert!(
+                !dir.exists(),
+                "the {node} agent still holds {}",
+                dir.display()
+            );
+        }
     }
 }
 
@@ -345,5 +361,6 @@ fn a_refused_restore_rolls_back_and_the_source_keeps_running() {
         Container::adopt(&rig.settings.target_container)
             .status()
             .is_none()
-    );
+    ); // Rolled back: the checkpoint (and the target's pulled copy) are deleted too.
+    rig.assert_checkpoints_deleted();
 }

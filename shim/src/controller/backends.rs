@@ -97,6 +97,13 @@ pub trait Backends: Send + Sync {
         node: &str,
         reference: &str,
     ) -> Result<(), WorldError>;
+    /// Deletes a checkpoint from `node`'s agent store; an absent one is fine.
+    async fn delete_checkpoint(
+        &self,
+        m: &MigrationRef,
+        node: &str,
+        checkpoint_id: &str,
+    ) -> Result<(), WorldError>;
     /// Lets go of per-migration state (broker connection) once it is finished.
     async fn forget(&self, m: &MigrationRef);
 }
@@ -473,6 +480,19 @@ impl Backends for ClusterBackends {
         self.agent(node)
             .await?
             .delete_image(reference)
+            .await
+            .map_err(agent_err)
+    }
+
+    async fn delete_checkpoint(
+        &self,
+        _m: &MigrationRef,
+        node: &str,
+        checkpoint_id: &str,
+    ) -> Result<(), WorldError> {
+        self.agent(node)
+            .await?
+            .delete_checkpoint(checkpoint_id)
             .await
             .map_err(agent_err)
     }

@@ -179,6 +179,10 @@ pub enum Call {
         node: String,
         reference: String,
     },
+    DeleteCheckpoint {
+        node: String,
+        id: String,
+    },
 }
 
 #[derive(Default)]
@@ -190,6 +194,8 @@ pub struct ScriptedBackends {
     pub direct_jobs: Mutex<VecDeque<JobView>>,
     /// Set: `delete_image` fails with this (transient) error.
     pub delete_image_error: Mutex<Option<String>>,
+    /// Set: `delete_checkpoint` fails with this (transient) error.
+    pub delete_checkpoint_error: Mutex<Option<String>>,
 }
 
 impl ScriptedBackends {
@@ -333,6 +339,21 @@ impl Backends for ScriptedBackends {
             reference: reference.into(),
         });
         match self.delete_image_error.lock().unwrap().clone() {
+            Some(e) => Err(WorldError::transient(e)),
+            None => Ok(()),
+        }
+    }
+    async fn delete_checkpoint(
+        &self,
+        _: &MigrationRef,
+        node: &str,
+        id: &str,
+    ) -> Result<(), WorldError> {
+        self.record(Call::DeleteCheckpoint {
+            node: node.into(),
+            id: id.into(),
+        });
+        match self.delete_checkpoint_error.lock().unwrap().clone() {
             Some(e) => Err(WorldError::transient(e)),
             None => Ok(()),
         }

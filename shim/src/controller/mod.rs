@@ -197,6 +197,7 @@ async fn drive(m: &StatefulMigration, ctx: &Arc<Context>, deleting: bool) -> Res
             }
             Next::After(d) => return Ok(Action::requeue(d)),
             Next::Stop => {
+                world.release_checkpoints(&plan, &progress).await;
                 ctx.backends.forget(&mref).await;
                 info!(migration = %mref.name, phase = %progress.phase, "migration finished");
                 return Ok(Action::await_change());

@@ -393,7 +393,20 @@ async fn a_target_pod_that_never_becomes_running_is_rolled_back() {
     });
     let action = run(migration(Some(p)), ctx, scenario).await.unwrap();
     assert_eq!(action, kube::runtime::controller::Action::await_change());
-    assert_eq!(backends.calls(), vec![Call::DeleteReplay]);
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::DeleteReplay,
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
+            },
+        ]
+    );
 }
 
 #[tokio::test]
@@ -481,6 +494,14 @@ async fn replay_cutoff_stops_the_source_then_finalizes() {
             Call::Depth(REPLAY.into()),
             Call::Control(format!("ms2m.control.{TARGET}"), ControlMessage::EndReplay),
             Call::DeleteReplay,
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
+            },
         ]
     );
 }
@@ -640,11 +661,34 @@ async fn sequential_finalizing_hands_the_target_back_to_its_statefulset() {
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.phase, Phase::Completed);
         assert_eq!(api.event().await.0, "Completed");
+        // Deleting the checkpoints fails on both nodes: said in one event, nothing
+        // retried (the agents' retention expiry removes them).
+        let (reason, note) = api.event().await;
+        assert_eq!(reason, "CheckpointCleanupFailed");
+        for node in ["node-a", "node-b"] {
+            assert!(
+                note.contains(&format!("node {node} (")) && note.contains("unreachable"),
+                "{note}"
+            );
+        }
         // No pod is deleted: api.done() refuses any further request.
         api.done().await;
     });
+    *backends.delete_checkpoint_error.lock().unwrap() = Some("agent unreachable".into());
     run(sequential_migration(p), ctx, scenario).await.unwrap();
-    assert!(backends.calls().is_empty());
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
+            },
+        ]
+    );
 }
 
 #[tokio::test]
@@ -694,7 +738,20 @@ async fn a_sequential_rollback_deletes_only_its_own_target_and_scales_the_statef
         api.done().await;
     });
     run(sequential_migration(p), ctx, scenario).await.unwrap();
-    assert_eq!(backends.calls(), vec![Call::DeleteReplay]);
+    assert_eq!(
+        backends.calls(),
+        vec![
+            Call::DeleteReplay,
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
+            },
+        ]
+    );
 }
 
 #[tokio::test]
@@ -770,7 +827,18 @@ async fn deleting_an_in_flight_migration_rolls_back_and_releases_the_finalizer()
     run(obj, ctx, scenario).await.unwrap();
     assert_eq!(
         backends.calls(),
-        vec![Call::PushJob(None), Call::DeleteReplay]
+        vec![
+            Call::PushJob(None),
+            Call::DeleteReplay,
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
+            },
+        ]
     );
 }
 
@@ -1012,9 +1080,19 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
         "{calls:?}"
     );
     assert_eq!(
-        calls.last(),
-        Some(&Call::DeleteReplay),
-        "no further agent work after the import"
+        calls[calls.len() - 3..],
+        [
+            Call::DeleteReplay,
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
+            },
+        ],
+        "no further agent work after the import but deleting both copies of the checkpoint"
     );
 }
 
@@ -1066,6 +1144,14 @@ async fn a_direct_target_without_its_image_is_rolled_back_and_the_image_removed(
             Call::DeleteImage {
                 node: "node-b".into(),
                 reference: LOCAL_IMAGE.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
             },
         ],
         "the image goes after the pod that uses it"
@@ -1137,6 +1223,14 @@ async fn deleting_a_direct_migration_mid_transfer_reports_a_failed_image_removal
             Call::DeleteImage {
                 node: "node-b".into(),
                 reference: LOCAL_IMAGE.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-a".into(),
+                id: CKPT.into()
+            },
+            Call::DeleteCheckpoint {
+                node: "node-b".into(),
+                id: CKPT.into()
             },
         ]
     );

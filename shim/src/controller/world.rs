@@ -11,7 +11,7 @@ use kube::{
     runtime::events::{Event, EventType},
 };
 use serde_json::json;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::api_calls::{self as calls, ApiCall};
 use super::backends::MigrationRef;
@@ -423,6 +423,43 @@ impl KubeWorld {
     }
 
     /// A Warning event on the migration, for what goes wrong without failing it.
+    /// Deletes the checkpoints a finished migration left in the agents' stores (see
+    /// [`crate::engine::leftover_checkpoints`]). Best effort: a node whose agent does not
+    /// answer keeps its copy until the agent's retention expiry, and says so in an event.
+    pub(super) async fn release_checkpoints(&self, plan: &Plan, progress: &Progress) {
+        let mut failed = Vec::new();
+        for l in crate::engine::leftover_checkpoints(plan, progress) {
+            match self
+                .ctx
+                .backends
+                .delete_checkpoint(&self.m, &l.node, &l.checkpoint_id)
+                .await
+            {
+                Ok(()) => {
+                    debug!(migration = %self.m.name, node = %l.node, checkpoint = %l.checkpoint_id, "checkpoint deleted")
+                }
+                Err(e) => {
+                    warn!(
+                        migration = %self.m.name, node = %l.node, checkpoint = %l.checkpoint_id, error = %e,
+                        "could not delete the checkpoint"
+                    );
+                    failed.push(format!("{} on node {} ({e})", l.checkpoint_id, l.node));
+                }
+            }
+        }
+        // One event for all nodes: the recorder folds repeats of a reason into a series.
+        if !failed.is_empty() {
+            self.warn(
+                "CheckpointCleanupFailed",
+                format!(
+                    "checkpoint left until the agents' retention expires: {}",
+                    failed.join("; ")
+                ),
+            )
+            .await;
+        }
+    }
+
     async fn warn(&self, reason: &str, note: String) {
         uses(calls::EVENT_CREATE);
         let ev = Event {

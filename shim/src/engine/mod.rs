@@ -19,11 +19,17 @@
 //! would throw away the only up-to-date state, so the migration ends in `Failed` with the
 //! target and the replay queue kept; no message is lost either way, since every message
 //! is still in the primary or the replay queue.
+//!
+//! Once a migration is over, the drivers delete the checkpoints it left in the agents'
+//! stores ([`leftover_checkpoints`]): after the phase is persisted, best effort, not a
+//! step (the agents' retention expiry is the backstop for a driver that stops first).
 
 mod decide;
+mod leftovers;
 mod types;
 
 pub use decide::{POLL, REPLAY_POLL, decide, mark_done, record_job};
+pub use leftovers::{LeftoverCheckpoint, leftover_checkpoints};
 pub use types::*;
 
 #[cfg(test)]

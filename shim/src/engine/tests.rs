@@ -1545,3 +1545,96 @@ fn a_failure_in_every_phase_undoes_exactly_what_was_done() {
         }
     }
 }
+
+#[test]
+fn a_finished_migration_leaves_checkpoints_to_delete_except_for_an_operator() {
+    let leftover = |node: &str| LeftoverCheckpoint {
+        node: node.into(),
+        checkpoint_id: "mig-1".into(),
+    };
+    let failed = |rolled_back| Failure {
+        phase: Phase::Replaying,
+        reason: "x".into(),
+        rolled_back,
+    };
+    // (what, phase, checkpoint step, transfer step, failure, expected)
+    type Case = (
+        &'static str,
+        Phase,
+        StepState,
+        StepState,
+        Option<Failure>,
+        Vec<LeftoverCheckpoint>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "completed",
+            Phase::Completed,
+            StepState::Done,
+            StepState::Done,
+            None,
+            vec![leftover("node-a"), leftover("node-b")],
+        ),
+        (
+            "rolled back after a transfer was asked for",
+            Phase::Failed,
+            StepState::Done,
+            StepState::Intended,
+            Some(failed(true)),
+            vec![leftover("node-a"), leftover("node-b")],
+        ),
+        (
+            "rolled back before any transfer",
+            Phase::Failed,
+            StepState::Intended,
+            StepState::NotStarted,
+            Some(failed(true)),
+            vec![leftover("node-a")],
+        ),
+        (
+            "failed before any checkpoint",
+            Phase::Failed,
+            StepState::NotStarted,
+            StepState::NotStarted,
+            Some(failed(true)),
+            vec![],
+        ),
+        (
+            "failed past the point of no return: kept for an operator",
+            Phase::Failed,
+            StepState::Done,
+            StepState::Done,
+            Some(failed(false)),
+            vec![],
+        ),
+        (
+            "still running",
+            Phase::Replaying,
+            StepState::Done,
+            StepState::Done,
+            None,
+            vec![],
+        ),
+        (
+            "rolling back",
+            Phase::RollingBack,
+            StepState::Done,
+            StepState::Done,
+            Some(failed(true)),
+            vec![],
+        ),
+    ];
+    for (what, phase, checkpoint, transfer, failure, want) in cases {
+        let mut p = at_phase(Phase::Replaying, Strategy::ShadowPod);
+        p.phase = phase;
+        p.steps.checkpoint = checkpoint;
+        p.steps.transfer = transfer;
+        p.failure = failure;
+        assert_eq!(leftover_checkpoints(&plan(), &p), want, "{what}");
+    }
+    // A source on the target node (a migration within one node) is asked once.
+    let mut p = at_phase(Phase::Replaying, Strategy::ShadowPod);
+    p.phase = Phase::Completed;
+    p.source_node = Some("node-b".into());
+    assert_eq!(leftover_checkpoints(&plan(), &p), vec![leftover("node-b")]);
+}

@@ -595,7 +595,7 @@ fn finish_shim_migration(
                 .collect()
         })
         .unwrap_or_default();
-    let (checkpoint_bytes, transfer) = checkpoint_and_transfer(agents, &r.checkpoint_id, progress);
+    let (checkpoint_bytes, transfer) = checkpoint_and_transfer(agents, progress);
     Migrated {
         target_pod: r.target_pod,
         target,
@@ -610,11 +610,14 @@ fn finish_shim_migration(
     }
 }
 
-fn checkpoint_and_transfer(agents: &Agents, checkpoint_id: &str, progress: &Value) -> (u64, Value) {
-    let (_, info) = agents
-        .a
-        .call("GET", &format!("/v1/checkpoints/{checkpoint_id}"), None);
-    let bytes = info["size_bytes"].as_u64().unwrap_or(0);
+/// The checkpoint's size (from its job: the finished migration deleted the checkpoint
+/// itself) and the transfer's figures.
+fn checkpoint_and_transfer(agents: &Agents, progress: &Value) -> (u64, Value) {
+    let bytes = progress["checkpointJob"]
+        .as_str()
+        .map(|id| agents.a.call("GET", &format!("/v1/jobs/{id}"), None).1)
+        .and_then(|job| job["result"]["size_bytes"].as_u64())
+        .unwrap_or(0);
     let transfer = progress["transferJob"]
         .as_str()
         .map(|id| agents.a.call("GET", &format!("/v1/jobs/{id}"), None).1)
