@@ -19,6 +19,17 @@ const PODS: &str = "/api/v1/namespaces/default/pods";
 const TARGET: &str = "counter-0-m0c5e9";
 const IMAGE: &str = "registry:5000/ms2m/checkpoints:default.mig-0c5e9a7d";
 
+/// What a finished migration's calls end with: its checkpoint deleted on both nodes.
+fn then_checkpoints_deleted(mut calls: Vec<Call>) -> Vec<Call> {
+    for node in ["node-a", "node-b"] {
+        calls.push(Call::DeleteCheckpoint {
+            node: node.into(),
+            id: CKPT.into(),
+        });
+    }
+    calls
+}
+
 fn progress_at(phase: Phase, strategy: Strategy, started_secs_ago: i64) -> Progress {
     let started = Timestamp::now() - SignedDuration::from_secs(started_secs_ago);
     let mut p = Progress {
@@ -395,17 +406,7 @@ async fn a_target_pod_that_never_becomes_running_is_rolled_back() {
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     assert_eq!(
         backends.calls(),
-        vec![
-            Call::DeleteReplay,
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ]
+        then_checkpoints_deleted(vec![Call::DeleteReplay])
     );
 }
 
@@ -487,22 +488,14 @@ async fn replay_cutoff_stops_the_source_then_finalizes() {
     run(migration(Some(p)), ctx, scenario).await.unwrap();
     assert_eq!(
         backends.calls(),
-        vec![
+        then_checkpoints_deleted(vec![
             Call::Depth(REPLAY.into()),
             Call::Depth(REPLAY.into()),
             Call::Unbind,
             Call::Depth(REPLAY.into()),
             Call::Control(format!("ms2m.control.{TARGET}"), ControlMessage::EndReplay),
             Call::DeleteReplay,
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ]
+        ])
     );
 }
 
@@ -676,19 +669,7 @@ async fn sequential_finalizing_hands_the_target_back_to_its_statefulset() {
     });
     *backends.delete_checkpoint_error.lock().unwrap() = Some("agent unreachable".into());
     run(sequential_migration(p), ctx, scenario).await.unwrap();
-    assert_eq!(
-        backends.calls(),
-        vec![
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ]
-    );
+    assert_eq!(backends.calls(), then_checkpoints_deleted(vec![]));
 }
 
 #[tokio::test]
@@ -740,17 +721,7 @@ async fn a_sequential_rollback_deletes_only_its_own_target_and_scales_the_statef
     run(sequential_migration(p), ctx, scenario).await.unwrap();
     assert_eq!(
         backends.calls(),
-        vec![
-            Call::DeleteReplay,
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ]
+        then_checkpoints_deleted(vec![Call::DeleteReplay])
     );
 }
 
@@ -827,18 +798,7 @@ async fn deleting_an_in_flight_migration_rolls_back_and_releases_the_finalizer()
     run(obj, ctx, scenario).await.unwrap();
     assert_eq!(
         backends.calls(),
-        vec![
-            Call::PushJob(None),
-            Call::DeleteReplay,
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ]
+        then_checkpoints_deleted(vec![Call::PushJob(None), Call::DeleteReplay])
     );
 }
 
@@ -1081,17 +1041,7 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
     );
     assert_eq!(
         calls[calls.len() - 3..],
-        [
-            Call::DeleteReplay,
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ],
+        then_checkpoints_deleted(vec![Call::DeleteReplay])[..],
         "no further agent work after the import but deleting both copies of the checkpoint"
     );
 }
@@ -1139,21 +1089,13 @@ async fn a_direct_target_without_its_image_is_rolled_back_and_the_image_removed(
     assert_eq!(action, kube::runtime::controller::Action::await_change());
     assert_eq!(
         backends.calls(),
-        vec![
+        then_checkpoints_deleted(vec![
             Call::DeleteReplay,
             Call::DeleteImage {
                 node: "node-b".into(),
                 reference: LOCAL_IMAGE.into()
             },
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ],
+        ]),
         "the image goes after the pod that uses it"
     );
 }
@@ -1217,21 +1159,13 @@ async fn deleting_a_direct_migration_mid_transfer_reports_a_failed_image_removal
     run(obj, ctx, scenario).await.unwrap();
     assert_eq!(
         backends.calls(),
-        vec![
+        then_checkpoints_deleted(vec![
             Call::DirectSendJob(Some("job-direct-1".into())),
             Call::DeleteReplay,
             Call::DeleteImage {
                 node: "node-b".into(),
                 reference: LOCAL_IMAGE.into()
             },
-            Call::DeleteCheckpoint {
-                node: "node-a".into(),
-                id: CKPT.into()
-            },
-            Call::DeleteCheckpoint {
-                node: "node-b".into(),
-                id: CKPT.into()
-            },
-        ]
+        ])
     );
 }
