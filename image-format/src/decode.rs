@@ -39,7 +39,7 @@ trait HashedInput: BufRead {
     fn finish(self: Box<Self>) -> io::Result<(String, u64)>;
 }
 
-impl<R: Read> HashedInput for BufReader<OffloadHashingReader<'_, R>> {
+impl<R: Read> HashedInput for BufReader<OffloadHashingReader<R>> {
     fn finish(self: Box<Self>) -> io::Result<(String, u64)> {
         let (_, digest, n) = self.into_inner().finish()?;
         Ok((digest, n))
@@ -153,66 +153,64 @@ fn read_layer<R: Read>(
 ) -> Read_ {
     // Both sha256 on helper threads, as in the encoder: this thread only decompresses,
     // parses and writes.
-    std::thread::scope(|s| {
-        let mut outer: Box<dyn HashedInput + '_> = match input {
-            Input::Reader(r) => Box::new(BufReader::with_capacity(
-                IN_BUF,
-                OffloadHashingReader::new(s, r),
-            )),
-            Input::Chunks(c) => Box::new(ChunkReader::new(c)),
-        };
-        let inner = (|| -> Result<(usize, Option<(String, u64)>)> {
-            if kind == CompressionKind::None {
-                // The blob is the tar: one hash serves both digests.
-                let entries = read_layer_tar(&mut *outer, staging)?;
-                return Ok((entries, None));
-            }
-            let decompressed: Box<dyn Read + '_> = match kind {
-                CompressionKind::Zstd => Box::new(
-                    zstd::stream::read::Decoder::with_buffer(&mut *outer)
-                        .ctx(|| "zstd decoder".into())?,
-                ),
-                CompressionKind::Gzip => Box::new(flate2::bufread::GzDecoder::new(&mut *outer)),
-                CompressionKind::None => unreachable!("handled above"),
-            };
-            if hashes == LayerHashes::BlobOnly {
-                let mut inner = CountingReader {
-                    inner: decompressed,
-                    count: 0,
-                };
-                let entries = read_layer_tar(&mut inner, staging)?;
-                io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
-                return Ok((entries, Some((String::new(), inner.count))));
-            }
-            let mut inner = OffloadHashingReader::new(s, decompressed);
-            let entries = read_layer_tar(&mut inner, staging)?;
-            // The tar parser stops at the first end block; the digest covers everything.
-            io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
-            let (_, diff_id, n) = inner.finish().ctx(|| "layer: hash".into())?;
-            Ok((entries, Some((diff_id, n))))
-        })();
-        // Read the blob to its end even after an error: when the bytes are not the ones
-        // the manifest names, that (not whatever the corruption made the parser trip
-        // over) is the error to report.
-        let mut drained = io::copy(&mut outer, &mut io::sink());
-        let (digest, size) = match outer.finish() {
-            Ok((d, n)) => (d, n),
-            Err(e) => {
-                drained = Err(e);
-                (String::new(), 0)
-            }
-        };
-        let inner = inner.map(|(entries, unpacked)| {
-            let (diff_id, n) = unpacked.unwrap_or_else(|| (digest.clone(), size));
-            (entries, diff_id, n)
-        });
-        Read_ {
-            inner,
-            drained,
-            digest,
-            size,
+    let mut outer: Box<dyn HashedInput + '_> = match input {
+        Input::Reader(r) => Box::new(BufReader::with_capacity(
+            IN_BUF,
+            OffloadHashingReader::new(r),
+        )),
+        Input::Chunks(c) => Box::new(ChunkReader::new(c)),
+    };
+    let inner = (|| -> Result<(usize, Option<(String, u64)>)> {
+        if kind == CompressionKind::None {
+            // The blob is the tar: one hash serves both digests.
+            let entries = read_layer_tar(&mut *outer, staging)?;
+            return Ok((entries, None));
         }
-    })
+        let decompressed: Box<dyn Read + '_> = match kind {
+            CompressionKind::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(&mut *outer)
+                    .ctx(|| "zstd decoder".into())?,
+            ),
+            CompressionKind::Gzip => Box::new(flate2::bufread::GzDecoder::new(&mut *outer)),
+            CompressionKind::None => unreachable!("handled above"),
+        };
+        if hashes == LayerHashes::BlobOnly {
+            let mut inner = CountingReader {
+                inner: decompressed,
+                count: 0,
+            };
+            let entries = read_layer_tar(&mut inner, staging)?;
+            io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
+            return Ok((entries, Some((String::new(), inner.count))));
+        }
+        let mut inner = OffloadHashingReader::new(decompressed);
+        let entries = read_layer_tar(&mut inner, staging)?;
+        // The tar parser stops at the first end block; the digest covers everything.
+        io::copy(&mut inner, &mut io::sink()).ctx(|| "layer: read to end".into())?;
+        let (_, diff_id, n) = inner.finish().ctx(|| "layer: hash".into())?;
+        Ok((entries, Some((diff_id, n))))
+    })();
+    // Read the blob to its end even after an error: when the bytes are not the ones
+    // the manifest names, that (not whatever the corruption made the parser trip
+    // over) is the error to report.
+    let mut drained = io::copy(&mut outer, &mut io::sink());
+    let (digest, size) = match outer.finish() {
+        Ok((d, n)) => (d, n),
+        Err(e) => {
+            drained = Err(e);
+            (String::new(), 0)
+        }
+    };
+    let inner = inner.map(|(entries, unpacked)| {
+        let (diff_id, n) = unpacked.unwrap_or_else(|| (digest.clone(), size));
+        (entries, diff_id, n)
+    });
+    Read_ {
+        inner,
+        drained,
+        digest,
+        size,
+    }
 }
 
 fn unpack_inner<R: Read>(

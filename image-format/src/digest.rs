@@ -1,12 +1,12 @@
 //! sha256 while streaming, on either side of a compressor.
 
 use std::io::{self, BufRead, Read, Write};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::thread::{Scope, ScopedJoinHandle};
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
+use crate::pool::BufferPool;
 
 /// Formats a finished hash as an OCI digest string.
 pub(crate) fn format_digest(hasher: Sha256) -> String {
@@ -34,71 +34,45 @@ pub fn digest_hex(digest: &str) -> Result<&str> {
 
 /// Chunk handed to the hashing thread.
 const OFFLOAD_CHUNK: usize = 1 << 20;
-/// Chunks in flight (bounds memory to a few MiB whatever the stream size).
+/// Chunks waiting for the hashing thread (bounds memory to a few MiB whatever the
+/// stream size).
 const OFFLOAD_CHUNKS: usize = 4;
 
-/// Hashes and counts everything written through it, with the sha256 on a helper thread
-/// of `scope`: the encoder's own thread only copies, so on a 2-core machine hashing
+/// Hashes and counts everything written through it, with the sha256 on a
+/// [`HashThread`]: the writer's own thread only copies, so on a 2-core machine hashing
 /// overlaps with reading and compressing instead of adding to them. Bytes travel in
-/// pooled 1 MiB chunks (at most 5 alive), so memory stays bounded; the wrapped writer
-/// stays on the caller's thread and needs no `Send`.
-pub(crate) struct OffloadHashingWriter<'scope, W> {
+/// pooled 1 MiB chunks, so memory stays bounded; the wrapped writer stays on the
+/// caller's thread and needs no `Send`.
+pub(crate) struct OffloadHashingWriter<W> {
     inner: W,
+    pool: BufferPool,
     chunk: Vec<u8>,
-    tx: Option<SyncSender<Vec<u8>>>,
-    pool: Receiver<Vec<u8>>,
-    allocated: usize,
-    handle: Option<ScopedJoinHandle<'scope, Sha256>>,
-    count: u64,
+    hash: HashThread,
 }
 
-impl<'scope, W: Write> OffloadHashingWriter<'scope, W> {
-    pub(crate) fn new<'env>(scope: &'scope Scope<'scope, 'env>, inner: W) -> Self {
-        let (tx, rx) = sync_channel::<Vec<u8>>(OFFLOAD_CHUNKS);
-        let (pool_tx, pool) = sync_channel::<Vec<u8>>(OFFLOAD_CHUNKS + 1);
-        let handle = scope.spawn(move || {
-            let mut h = Sha256::new();
-            for mut chunk in rx {
-                h.update(&chunk);
-                chunk.clear();
-                // The writer may be gone (error path); the chunk is then just dropped.
-                let _ = pool_tx.try_send(chunk);
-            }
-            h
-        });
+impl<W: Write> OffloadHashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        let pool = BufferPool::new(OFFLOAD_CHUNK, OFFLOAD_CHUNKS + 2);
+        let mut chunk = pool.take();
+        chunk.clear();
         OffloadHashingWriter {
             inner,
-            chunk: Vec::with_capacity(OFFLOAD_CHUNK),
-            tx: Some(tx),
             pool,
-            allocated: 1,
-            handle: Some(handle),
-            count: 0,
+            chunk,
+            hash: HashThread::spawn(OFFLOAD_CHUNKS),
         }
     }
 
     fn ship(&mut self) -> io::Result<()> {
-        let next = if let Ok(v) = self.pool.try_recv() {
-            v
-        } else if self.allocated < OFFLOAD_CHUNKS + 1 {
-            self.allocated += 1;
-            Vec::with_capacity(OFFLOAD_CHUNK)
-        } else {
-            self.pool.recv().map_err(|_| hasher_gone())?
-        };
+        let mut next = self.pool.take();
+        next.clear();
         let full = std::mem::replace(&mut self.chunk, next);
-        self.tx
-            .as_ref()
-            .ok_or_else(hasher_gone)?
-            .send(full)
-            .map_err(|_| hasher_gone())
+        self.hash.feed(self.pool.share(full))
     }
 
     fn hash(&mut self, mut buf: &[u8]) -> io::Result<()> {
-        self.count += buf.len() as u64;
         while !buf.is_empty() {
-            let room = OFFLOAD_CHUNK - self.chunk.len();
-            let n = room.min(buf.len());
+            let n = (OFFLOAD_CHUNK - self.chunk.len()).min(buf.len());
             self.chunk.extend_from_slice(&buf[..n]);
             buf = &buf[n..];
             if self.chunk.len() == OFFLOAD_CHUNK {
@@ -110,21 +84,10 @@ impl<'scope, W: Write> OffloadHashingWriter<'scope, W> {
 
     pub(crate) fn finish(mut self) -> io::Result<(W, String, u64)> {
         if !self.chunk.is_empty() {
-            let last = std::mem::take(&mut self.chunk);
-            self.tx
-                .as_ref()
-                .ok_or_else(hasher_gone)?
-                .send(last)
-                .map_err(|_| hasher_gone())?;
+            self.ship()?;
         }
-        drop(self.tx.take());
-        let hasher = self
-            .handle
-            .take()
-            .ok_or_else(hasher_gone)?
-            .join()
-            .map_err(|_| hasher_gone())?;
-        Ok((self.inner, format_digest(hasher), self.count))
+        let (digest, count) = self.hash.finish()?;
+        Ok((self.inner, digest, count))
     }
 }
 
@@ -132,7 +95,7 @@ fn hasher_gone() -> io::Error {
     io::Error::other("hashing thread stopped")
 }
 
-impl<W: Write> Write for OffloadHashingWriter<'_, W> {
+impl<W: Write> Write for OffloadHashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hash(&buf[..n])?;
@@ -149,20 +112,20 @@ impl<W: Write> Write for OffloadHashingWriter<'_, W> {
     }
 }
 
-/// Hashes and counts everything read through it, with the sha256 on a helper thread of
-/// `scope` (the decoder's counterpart of [`OffloadHashingWriter`]): the reading thread
-/// only copies each chunk once more, so decompressing, unpacking and the two digests of
-/// a layer use two cores instead of one.
-pub(crate) struct OffloadHashingReader<'scope, R> {
+/// Hashes and counts everything read through it, with the sha256 on a helper thread
+/// (the decoder's counterpart of [`OffloadHashingWriter`]): the reading thread only
+/// copies each chunk once more, so decompressing, unpacking and the two digests of a
+/// layer use two cores instead of one.
+pub(crate) struct OffloadHashingReader<R> {
     inner: R,
-    hasher: OffloadHashingWriter<'scope, io::Sink>,
+    hasher: OffloadHashingWriter<io::Sink>,
 }
 
-impl<'scope, R: Read> OffloadHashingReader<'scope, R> {
-    pub(crate) fn new<'env>(scope: &'scope Scope<'scope, 'env>, inner: R) -> Self {
+impl<R: Read> OffloadHashingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
         OffloadHashingReader {
             inner,
-            hasher: OffloadHashingWriter::new(scope, io::sink()),
+            hasher: OffloadHashingWriter::new(io::sink()),
         }
     }
 
@@ -172,7 +135,7 @@ impl<'scope, R: Read> OffloadHashingReader<'scope, R> {
     }
 }
 
-impl<R: Read> Read for OffloadHashingReader<'_, R> {
+impl<R: Read> Read for OffloadHashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.hash(&buf[..n])?;
@@ -308,13 +271,11 @@ mod tests {
     #[test]
     fn offloaded_hash_matches() {
         let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 7 % 251) as u8).collect();
-        let (out, d, n) = std::thread::scope(|s| {
-            let mut w = OffloadHashingWriter::new(s, Vec::new());
-            for piece in data.chunks(777_777) {
-                w.write_all(piece).unwrap();
-            }
-            w.finish().unwrap()
-        });
+        let mut w = OffloadHashingWriter::new(Vec::new());
+        for piece in data.chunks(777_777) {
+            w.write_all(piece).unwrap();
+        }
+        let (out, d, n) = w.finish().unwrap();
         assert_eq!(out, data);
         assert_eq!(n, data.len() as u64);
         assert_eq!(d, sha256_digest(&data));
@@ -323,13 +284,10 @@ mod tests {
     #[test]
     fn offloaded_reader_hash_matches() {
         let data: Vec<u8> = (0..3_500_000u32).map(|i| (i * 13 % 251) as u8).collect();
-        let (out, d, n) = std::thread::scope(|s| {
-            let mut r = OffloadHashingReader::new(s, &data[..]);
-            let mut out = Vec::new();
-            r.read_to_end(&mut out).unwrap();
-            let (_, d, n) = r.finish().unwrap();
-            (out, d, n)
-        });
+        let mut r = OffloadHashingReader::new(&data[..]);
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        let (_, d, n) = r.finish().unwrap();
         assert_eq!(out, data);
         assert_eq!(n, data.len() as u64);
         assert_eq!(d, sha256_digest(&data));
@@ -370,11 +328,9 @@ mod tests {
             sha256_digest(b""),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        let (v, d, n) = std::thread::scope(|s| {
-            let mut w = OffloadHashingWriter::new(s, Vec::new());
-            w.write_all(b"abc").unwrap();
-            w.finish().unwrap()
-        });
+        let mut w = OffloadHashingWriter::new(Vec::new());
+        w.write_all(b"abc").unwrap();
+        let (v, d, n) = w.finish().unwrap();
         assert_eq!(v, b"abc");
         assert_eq!(n, 3);
         assert_eq!(d, sha256_digest(b"abc"));

@@ -252,8 +252,8 @@ impl Blocks for PlainBlocks<'_> {
 }
 
 /// gzip, or zstd with libzstd workers: tar → compressor → blob hasher → sink, through
-/// `Write`, with both sha256 on helper threads (scoped, one per stream), so the encoder
-/// thread only reads, frames and compresses.
+/// `Write`, with both sha256 on helper threads (one per stream), so the encoder thread
+/// only reads, frames and compresses.
 fn encode_streaming(
     archive: &Archive,
     plan: &LayerPlan,
@@ -261,47 +261,43 @@ fn encode_streaming(
     diff_id_wanted: bool,
     sink: &mut dyn ChunkSink,
 ) -> Result<(String, u64, String, u64)> {
-    std::thread::scope(|s| -> Result<_> {
-        let outer = OffloadHashingWriter::new(s, ChunkWriter::new(sink));
-        let outer = match *compression {
-            Compression::Zstd { level, workers } => {
-                let mut enc = zstd::stream::write::Encoder::new(outer, level)
-                    .ctx(|| format!("zstd level {level}"))?;
-                enc.multithread(workers)
-                    .ctx(|| format!("zstd with {workers} workers"))?;
-                let (enc, diff_id, usize_) = tar_through(s, enc, archive, plan, diff_id_wanted)?;
-                let outer = enc.finish().ctx(|| "zstd: finish frame".into())?;
-                (outer, diff_id, usize_)
-            }
-            Compression::Gzip { level } => {
-                let enc =
-                    flate2::write::GzEncoder::new(outer, flate2::Compression::new(level.min(9)));
-                let (enc, diff_id, usize_) = tar_through(s, enc, archive, plan, diff_id_wanted)?;
-                let outer = enc.finish().ctx(|| "gzip: finish stream".into())?;
-                (outer, diff_id, usize_)
-            }
-            Compression::None => unreachable!("the block path encodes plain tar"),
-        };
-        let (mut outer, diff_id, uncompressed) = outer;
-        outer.flush().ctx(|| "flush layer sink".into())?;
-        let (mut w, digest, size) = outer.finish().ctx(|| "hash layer".into())?;
-        w.flush().ctx(|| "flush layer sink".into())?;
-        Ok((digest, size, diff_id, uncompressed))
-    })
+    let outer = OffloadHashingWriter::new(ChunkWriter::new(sink));
+    let outer = match *compression {
+        Compression::Zstd { level, workers } => {
+            let mut enc = zstd::stream::write::Encoder::new(outer, level)
+                .ctx(|| format!("zstd level {level}"))?;
+            enc.multithread(workers)
+                .ctx(|| format!("zstd with {workers} workers"))?;
+            let (enc, diff_id, usize_) = tar_through(enc, archive, plan, diff_id_wanted)?;
+            let outer = enc.finish().ctx(|| "zstd: finish frame".into())?;
+            (outer, diff_id, usize_)
+        }
+        Compression::Gzip { level } => {
+            let enc = flate2::write::GzEncoder::new(outer, flate2::Compression::new(level.min(9)));
+            let (enc, diff_id, usize_) = tar_through(enc, archive, plan, diff_id_wanted)?;
+            let outer = enc.finish().ctx(|| "gzip: finish stream".into())?;
+            (outer, diff_id, usize_)
+        }
+        Compression::None => unreachable!("the block path encodes plain tar"),
+    };
+    let (mut outer, diff_id, uncompressed) = outer;
+    outer.flush().ctx(|| "flush layer sink".into())?;
+    let (mut w, digest, size) = outer.finish().ctx(|| "hash layer".into())?;
+    w.flush().ctx(|| "flush layer sink".into())?;
+    Ok((digest, size, diff_id, uncompressed))
 }
 
 /// Writes the layer's tar into `enc` (a compressor), hashing the tar on the way when
 /// the diff_id is wanted and only counting it otherwise. Returns the compressor, the
 /// diff_id (empty when not computed) and the tar's size.
-fn tar_through<'scope, 'env, W: Write>(
-    s: &'scope std::thread::Scope<'scope, 'env>,
+fn tar_through<W: Write>(
     enc: W,
     archive: &Archive,
     plan: &LayerPlan,
     diff_id_wanted: bool,
 ) -> Result<(W, String, u64)> {
     if diff_id_wanted {
-        let mut tar = StreamTar::new(OffloadHashingWriter::new(s, enc));
+        let mut tar = StreamTar::new(OffloadHashingWriter::new(enc));
         write_tar(archive, plan, &mut tar)?;
         tar.out.finish().ctx(|| "hash layer".into())
     } else {
