@@ -498,5 +498,16 @@ fn check_tree(entries: &[Entry]) -> Result<HashMap<String, usize>> {
             idx += off + 1;
         }
     }
+    let lookup = |p: &str| match by_path.get(p).map(|i| &entries[*i].kind) {
+        None => validate::Looked::Missing,
+        Some(EntryKind::Dir) => validate::Looked::Dir,
+        Some(EntryKind::Symlink { target }) => validate::Looked::Symlink(target),
+        Some(_) => validate::Looked::NotDir,
+    };
+    for e in entries {
+        if let EntryKind::Symlink { target } = &e.kind {
+            validate::resolve_symlink_inside(&e.path, target, &lookup)?;
+        }
+    }
     Ok(by_path)
 }

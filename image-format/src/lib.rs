@@ -5,6 +5,7 @@
 
 pub mod annotations;
 mod archive;
+mod beneath;
 mod compression;
 mod decode;
 mod digest;

@@ -1,12 +1,16 @@
-//! The staging directory a checkpoint is unpacked into: every write stays inside it
-//! (parents checked with `lstat`, files created with `O_EXCL`), directory modes and
-//! split-layout completeness are settled at commit, and it is renamed onto the
-//! destination only then; dropped uncommitted, it is removed.
+//! The staging directory a checkpoint is unpacked into: every create, open and link
+//! goes through [`TreeOps`] (resolved beneath the staging root with `openat2`, never
+//! through a symlink; see `beneath.rs`), files are created with `O_EXCL`, directory
+//! modes, split-layout completeness and symlink containment are settled at commit, and
+//! it is renamed onto the destination only then; dropped uncommitted, it is removed.
+//!
+//! The lexical rules of `validate.rs` still run first: they give the clearer error for
+//! the common hostile names, and containment never rests on one layer of checks alone.
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,6 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
 
 use crate::archive::{Archive, Entry, EntryKind};
+use crate::beneath::{Kind, Openat2, TreeOps, escape_reason};
 use crate::error::{Error, IoContext, Result};
 use crate::plan::parse_part_name;
 use crate::validate::{self, Limits};
@@ -53,6 +58,8 @@ struct State {
     dirs: BTreeMap<String, (u32, u64, u64)>,
     /// Files of the split layout being assembled from parts.
     splits: BTreeMap<String, Split>,
+    /// Symlinks written so far: each must resolve beneath the root at commit.
+    symlinks: Vec<String>,
     entries: usize,
 }
 
@@ -77,6 +84,8 @@ const MAX_PARTS: u32 = 1 << 16;
 pub struct Staging {
     dest: PathBuf,
     root: PathBuf,
+    /// Every file-system operation inside `root`.
+    ops: Box<dyn TreeOps>,
     pub(crate) limits: Limits,
     preserve_ownership: bool,
     state: Mutex<State>,
@@ -129,9 +138,17 @@ impl Staging {
             .mode(0o700)
             .create(&root)
             .ctx(|| format!("create staging dir {}", root.display()))?;
+        let ops = match Openat2::open(&root) {
+            Ok(ops) => ops,
+            Err(e) => {
+                let _ = fs::remove_dir(&root);
+                return Err(Error::io(format!("open staging dir {}", root.display()), e));
+            }
+        };
         Ok(Staging {
             dest,
             root,
+            ops: Box::new(ops),
             limits: limits.clone(),
             preserve_ownership: true,
             state: Mutex::new(State::default()),
@@ -151,6 +168,14 @@ impl Staging {
     /// The staging directory (contents are not final until commit).
     pub fn path(&self) -> &Path {
         &self.root
+    }
+
+    /// Puts another [`TreeOps`] in front (tests: a racing implementation).
+    #[cfg(test)]
+    pub(crate) fn wrap_ops(&mut self, f: impl FnOnce(Box<dyn TreeOps>) -> Box<dyn TreeOps>) {
+        let placeholder: Box<dyn TreeOps> = Box::new(Openat2::open(&self.root).unwrap());
+        let ops = std::mem::replace(&mut self.ops, placeholder);
+        self.ops = f(ops);
     }
 
     /// The final destination.
@@ -176,12 +201,21 @@ impl Staging {
                 ),
             });
         }
-        let (dirs, splits) = {
+        let (dirs, splits, symlinks) = {
             let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
             let dirs: Vec<(String, (u32, u64, u64))> =
                 st.dirs.iter().map(|(k, v)| (k.clone(), *v)).collect();
-            (dirs, std::mem::take(&mut st.splits))
+            (
+                dirs,
+                std::mem::take(&mut st.splits),
+                std::mem::take(&mut st.symlinks),
+            )
         };
+        // Only now is the tree complete: a link that looked harmless when written can
+        // resolve outside through one that came later (`e -> d/../..` before `d -> .`).
+        for link in &symlinks {
+            self.check_symlink_contained(link)?;
+        }
         for (path, split) in &splits {
             let mut next = 0u64;
             for (off, len) in split.seen.values() {
@@ -201,17 +235,23 @@ impl Staging {
                     ),
                 ));
             }
-            let full = self.root.join(path);
-            self.chown(&full, path, split.uid, split.gid)?;
-            fs::set_permissions(&full, fs::Permissions::from_mode(split.mode & 0o777))
-                .ctx(|| format!("chmod {}", full.display()))?;
+            let f = self
+                .ops
+                .open_write(path)
+                .map_err(|e| self.op_err(path, "open", e))?;
+            self.chown_file(&f, path, split.uid, split.gid)?;
+            f.set_permissions(fs::Permissions::from_mode(split.mode & 0o777))
+                .ctx(|| format!("chmod {}", self.root.join(path).display()))?;
         }
         // Deepest first, so restricting a parent never blocks its children.
         for (path, (mode, uid, gid)) in dirs.iter().rev() {
-            let full = self.root.join(path);
-            self.chown(&full, path, *uid, *gid)?;
-            fs::set_permissions(&full, fs::Permissions::from_mode(mode & 0o777))
-                .ctx(|| format!("chmod {}", full.display()))?;
+            let d = self
+                .ops
+                .open_dir(path)
+                .map_err(|e| self.op_err(path, "open", e))?;
+            self.chown_file(&d, path, *uid, *gid)?;
+            d.set_permissions(fs::Permissions::from_mode(mode & 0o777))
+                .ctx(|| format!("chmod {}", self.root.join(path).display()))?;
         }
         if fs::symlink_metadata(&self.dest).is_ok() {
             return Err(Error::Staging {
@@ -241,14 +281,27 @@ impl Staging {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
     }
 
-    fn chown(&self, full: &Path, entry: &str, uid: u64, gid: u64) -> Result<()> {
+    /// `chown` through an open file or directory (no path, so no symlink to follow).
+    fn chown_file(&self, f: &File, entry: &str, uid: u64, gid: u64) -> Result<()> {
+        self.chown_with(entry, uid, gid, |u, g| {
+            std::os::unix::fs::fchown(f, Some(u), Some(g))
+        })
+    }
+
+    fn chown_with(
+        &self,
+        entry: &str,
+        uid: u64,
+        gid: u64,
+        chown: impl FnOnce(u32, u32) -> io::Result<()>,
+    ) -> Result<()> {
         if !self.preserve_ownership {
             return Ok(());
         }
         let (Ok(uid), Ok(gid)) = (u32::try_from(uid), u32::try_from(gid)) else {
             return Err(Error::malformed(entry, "uid/gid out of range"));
         };
-        match std::os::unix::fs::lchown(full, Some(uid), Some(gid)) {
+        match chown(uid, gid) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 if !self.chown_warned.swap(true, Ordering::Relaxed) {
@@ -256,7 +309,33 @@ impl Staging {
                 }
                 Ok(())
             }
-            Err(e) => Err(Error::io(format!("chown {}", full.display()), e)),
+            Err(e) => Err(Error::io(
+                format!("chown {}", self.root.join(entry).display()),
+                e,
+            )),
+        }
+    }
+
+    /// The error for a failed [`TreeOps`] call on `entry`: hostile when the kernel
+    /// refused to leave the root or to step through a symlink, I/O otherwise.
+    fn op_err(&self, entry: &str, what: &str, e: io::Error) -> Error {
+        match escape_reason(&e) {
+            Some(reason) => Error::hostile(entry, format!("{what}: the path {reason}")),
+            None => Error::io(format!("{what} {}", self.root.join(entry).display()), e),
+        }
+    }
+
+    /// A symlink must resolve beneath the root however the links it passes through
+    /// are arranged; a dangling one is fine (it points nowhere outside).
+    fn check_symlink_contained(&self, link: &str) -> Result<()> {
+        match self.ops.resolve_beneath(link) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) if escape_reason(&e).is_some() => Err(Error::hostile(
+                link,
+                "symlink resolves outside the tree (or loops)",
+            )),
+            Err(e) => Err(self.op_err(link, "resolve", e)),
         }
     }
 
@@ -266,33 +345,25 @@ impl Staging {
         let mut idx = 0;
         while let Some(off) = path[idx..].find('/') {
             let parent = &path[..idx + off];
-            let full = self.root.join(parent);
-            match fs::symlink_metadata(&full) {
-                Ok(m) if m.file_type().is_dir() => {}
-                Ok(_) => {
-                    return Err(Error::hostile(
-                        path,
-                        format!("parent `{parent}` is not a directory"),
-                    ));
-                }
+            let not_dir = || Error::hostile(path, format!("parent `{parent}` is not a directory"));
+            match self.ops.kind(parent) {
+                Ok(Kind::Dir) => {}
+                Ok(_) => return Err(not_dir()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    match fs::DirBuilder::new().mode(0o755).create(&full) {
+                    match self.ops.mkdir(parent, 0o755) {
                         Ok(()) => {}
                         // Another layer's thread made it; re-check its type.
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                            let m = fs::symlink_metadata(&full)
-                                .ctx(|| format!("stat {}", full.display()))?;
-                            if !m.file_type().is_dir() {
-                                return Err(Error::hostile(
-                                    path,
-                                    format!("parent `{parent}` is not a directory"),
-                                ));
+                            match self.ops.kind(parent) {
+                                Ok(Kind::Dir) => {}
+                                Ok(_) => return Err(not_dir()),
+                                Err(e) => return Err(self.op_err(parent, "stat", e)),
                             }
                         }
-                        Err(e) => return Err(Error::io(format!("mkdir {}", full.display()), e)),
+                        Err(e) => return Err(self.op_err(parent, "mkdir", e)),
                     }
                 }
-                Err(e) => return Err(Error::io(format!("stat {}", full.display()), e)),
+                Err(e) => return Err(self.op_err(parent, "stat", e)),
             }
             idx += off + 1;
         }
@@ -346,19 +417,24 @@ impl Staging {
         self.ensure_parents(path)?;
         let full = self.root.join(path);
         match kind {
-            EntryKind::Dir => match fs::symlink_metadata(&full) {
-                Ok(m) if m.file_type().is_dir() => {}
+            EntryKind::Dir => match self.ops.kind(path) {
+                Ok(Kind::Dir) => {}
                 Ok(_) => return Err(Error::hostile(path, "directory over an existing file")),
-                Err(_) => match fs::DirBuilder::new().mode(0o755).create(&full) {
+                Err(_) => match self.ops.mkdir(path, 0o755) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        let m = fs::symlink_metadata(&full)
-                            .ctx(|| format!("stat {}", full.display()))?;
-                        if !m.file_type().is_dir() {
-                            return Err(Error::hostile(path, "directory over an existing file"));
+                        match self.ops.kind(path) {
+                            Ok(Kind::Dir) => {}
+                            Ok(_) => {
+                                return Err(Error::hostile(
+                                    path,
+                                    "directory over an existing file",
+                                ));
+                            }
+                            Err(e) => return Err(self.op_err(path, "stat", e)),
                         }
                     }
-                    Err(e) => return Err(Error::io(format!("mkdir {}", full.display()), e)),
+                    Err(e) => return Err(self.op_err(path, "mkdir", e)),
                 },
             },
             EntryKind::File => {
@@ -367,12 +443,10 @@ impl Staging {
                     return Err(Error::limit(path, format!("{size} bytes")));
                 }
                 // O_CREAT|O_EXCL: never overwrites, never follows a symlink.
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&full)
-                    .ctx(|| format!("create {}", full.display()))?;
+                let mut file = self
+                    .ops
+                    .create_file(path, 0o600)
+                    .map_err(|e| self.op_err(path, "create", e))?;
                 if content_check {
                     let mut content = Vec::with_capacity(size as usize);
                     data.take(size)
@@ -385,29 +459,47 @@ impl Staging {
                     copy_exact(data, &mut file, size, buf)
                         .ctx(|| format!("write {}", full.display()))?;
                 }
-                self.chown(&full, path, uid, gid)?;
+                self.chown_file(&file, path, uid, gid)?;
                 // Set-uid/set-gid/sticky dropped: nothing in a checkpoint needs them and
                 // a staging dir must not grow privileged binaries.
                 file.set_permissions(fs::Permissions::from_mode(mode & 0o777))
                     .ctx(|| format!("chmod {}", full.display()))?;
             }
             EntryKind::Symlink { target } => {
-                std::os::unix::fs::symlink(target, &full)
-                    .ctx(|| format!("symlink {}", full.display()))?;
-                self.chown(&full, path, uid, gid)?;
+                self.ops
+                    .symlink(target, path)
+                    .map_err(|e| self.op_err(path, "symlink", e))?;
+                self.state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .symlinks
+                    .push(path.to_owned());
+                // Early refusal when the links written so far already lead out; the
+                // complete check is at commit.
+                self.check_symlink_contained(path)?;
+                self.chown_with(path, uid, gid, |u, g| self.ops.lchown(path, u, g))?;
             }
             EntryKind::Hardlink { target } => {
-                let src = self.root.join(target);
-                let m = fs::symlink_metadata(&src).map_err(|_| {
-                    Error::hostile(path, format!("hard link target `{target}` does not exist"))
+                // Resolved beneath the root with no symlink at any component, and the
+                // target itself must be a regular file (not a symlink to one).
+                self.ops.hard_link(target, path).map_err(|e| {
+                    if let Some(reason) = escape_reason(&e) {
+                        return Error::hostile(
+                            path,
+                            format!("hard link target `{target}`: the path {reason}"),
+                        );
+                    }
+                    match e.kind() {
+                        io::ErrorKind::NotFound => Error::hostile(
+                            path,
+                            format!("hard link target `{target}` does not exist"),
+                        ),
+                        io::ErrorKind::InvalidInput => {
+                            Error::hostile(path, format!("hard link target `{target}` is {e}"))
+                        }
+                        _ => Error::io(format!("link {}", full.display()), e),
+                    }
                 })?;
-                if !m.file_type().is_file() {
-                    return Err(Error::hostile(
-                        path,
-                        format!("hard link target `{target}` is not a regular file"),
-                    ));
-                }
-                fs::hard_link(&src, &full).ctx(|| format!("link {}", full.display()))?;
             }
         }
         Ok(())
@@ -459,12 +551,10 @@ impl Staging {
                         return Err(Error::hostile(path, "part of a file that is also an entry"));
                     }
                     self.ensure_parents(base)?;
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&full)
-                        .ctx(|| format!("create {}", full.display()))?;
+                    let f = self
+                        .ops
+                        .create_file(base, 0o600)
+                        .map_err(|e| self.op_err(path, "create", e))?;
                     f.set_len(total)
                         .ctx(|| format!("size {}", full.display()))?;
                     st.splits.insert(
@@ -483,10 +573,10 @@ impl Staging {
         }
         // Registered above as a split target, so nothing else (no symlink) can be at
         // this path: opening without O_CREAT only ever finds the file we created.
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&full)
-            .ctx(|| format!("open {}", full.display()))?;
+        let file = self
+            .ops
+            .open_write(base)
+            .map_err(|e| self.op_err(path, "open", e))?;
         let mut at = offset;
         let mut left = length;
         while left > 0 {
@@ -573,4 +663,114 @@ fn fill(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::beneath::Kind;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Swaps the directory `sub` for a symlink to `outside` just before the file at
+    /// `trigger` is created or linked: what another writer could do between a
+    /// check and a use.
+    #[derive(Debug)]
+    struct Racing {
+        inner: Box<dyn TreeOps>,
+        root: PathBuf,
+        outside: PathBuf,
+        trigger: &'static str,
+    }
+
+    impl Racing {
+        fn race(&self, rel: &str) {
+            if rel == self.trigger && !self.root.join("moved").exists() {
+                fs::rename(self.root.join("sub"), self.root.join("moved")).unwrap();
+                std::os::unix::fs::symlink(&self.outside, self.root.join("sub")).unwrap();
+            }
+        }
+    }
+
+    impl TreeOps for Racing {
+        fn mkdir(&self, rel: &str, mode: u32) -> io::Result<()> {
+            self.inner.mkdir(rel, mode)
+        }
+        fn create_file(&self, rel: &str, mode: u32) -> io::Result<File> {
+            self.race(rel);
+            self.inner.create_file(rel, mode)
+        }
+        fn open_write(&self, rel: &str) -> io::Result<File> {
+            self.inner.open_write(rel)
+        }
+        fn open_dir(&self, rel: &str) -> io::Result<File> {
+            self.inner.open_dir(rel)
+        }
+        fn symlink(&self, target: &str, rel: &str) -> io::Result<()> {
+            self.inner.symlink(target, rel)
+        }
+        fn hard_link(&self, target: &str, rel: &str) -> io::Result<()> {
+            self.race(rel);
+            self.inner.hard_link(target, rel)
+        }
+        fn kind(&self, rel: &str) -> io::Result<Kind> {
+            self.inner.kind(rel)
+        }
+        fn lchown(&self, rel: &str, uid: u32, gid: u32) -> io::Result<()> {
+            self.inner.lchown(rel, uid, gid)
+        }
+        fn resolve_beneath(&self, rel: &str) -> io::Result<()> {
+            self.inner.resolve_beneath(rel)
+        }
+    }
+
+    fn archive(t: &Path) -> Archive {
+        let src = t.join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("sub/a"), "a").unwrap();
+        fs::write(src.join("sub/b"), "b").unwrap();
+        fs::hard_link(src.join("sub/a"), src.join("sub/h")).unwrap();
+        Archive::open(&src).unwrap()
+    }
+
+    /// A directory swapped for a symlink after its parent check passed still cannot be
+    /// written or linked through: the kernel refuses the symlink when the file is
+    /// created, and nothing lands outside.
+    #[test]
+    fn a_directory_swapped_for_a_symlink_mid_unpack_is_not_followed() {
+        for trigger in ["sub/b", "sub/h"] {
+            let t = tempfile::tempdir().unwrap();
+            let outside = t.path().join("outside");
+            fs::create_dir(&outside).unwrap();
+            fs::write(outside.join("a"), "host").unwrap();
+            let ar = archive(t.path());
+            let names: Vec<_> = ar.entries().iter().map(|e| e.path.clone()).collect();
+            assert!(names.contains(&trigger.to_string()), "{names:?}");
+            let mut st = Staging::new(t.path().join("out")).unwrap();
+            st.set_preserve_ownership(false);
+            let root = st.path().to_owned();
+            let out2 = outside.clone();
+            st.wrap_ops(move |inner| {
+                Box::new(Racing {
+                    inner,
+                    root,
+                    outside: out2,
+                    trigger,
+                })
+            });
+            let err = ar
+                .entries()
+                .iter()
+                .try_for_each(|e| st.write_archive_entry(&ar, e))
+                .expect_err(trigger);
+            assert_eq!(err.entry(), Some(trigger), "{err}");
+            assert!(err.to_string().contains("symlink"), "{err}");
+            let left: Vec<_> = fs::read_dir(&outside)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, vec![std::ffi::OsString::from("a")], "{trigger}");
+            assert_eq!(fs::metadata(outside.join("a")).unwrap().nlink(), 1);
+            assert!(st.commit().is_err());
+        }
+    }
 }

@@ -135,6 +135,81 @@ pub(crate) fn check_symlink_target(entry: &str, target: &[u8], limits: &Limits) 
     Ok(target.to_owned())
 }
 
+/// What a path of a tree is, for [`resolve_symlink_inside`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Looked<'a> {
+    Missing,
+    Dir,
+    NotDir,
+    Symlink(&'a str),
+}
+
+/// Most symlinks one resolution may pass through (the kernel's limit).
+const MAX_HOPS: usize = 40;
+/// Most path components one resolution may walk: a bound on the work a crafted chain of
+/// long targets can cause.
+const MAX_STEPS: usize = 1 << 16;
+
+/// Resolves the symlink at `link` as the kernel would, through every symlink of the
+/// tree (`lookup` says what a path is), and refuses it when the resolution leaves the
+/// tree or loops. The per-link lexical check cannot see this: `d -> .` and
+/// `e -> d/d/d/../../..` are each balanced as text, and `e` still resolves to `/`.
+pub(crate) fn resolve_symlink_inside<'a>(
+    link: &str,
+    target: &'a str,
+    lookup: &dyn Fn(&str) -> Looked<'a>,
+) -> Result<()> {
+    let escape = || {
+        Error::hostile(
+            link,
+            format!("symlink target `{target}` resolves outside the tree"),
+        )
+    };
+    let mut cur: Vec<&str> = link.split('/').collect();
+    cur.pop();
+    // Components still to walk, last one first.
+    let mut todo: Vec<&str> = target.split('/').rev().collect();
+    let (mut hops, mut steps) = (0usize, 0usize);
+    while let Some(comp) = todo.pop() {
+        steps += 1;
+        if steps > MAX_STEPS {
+            return Err(Error::hostile(link, "symlink resolution too long"));
+        }
+        match comp {
+            "" | "." => continue,
+            ".." => {
+                if cur.pop().is_none() {
+                    return Err(escape());
+                }
+                continue;
+            }
+            _ => {}
+        }
+        if comp.starts_with('/') {
+            return Err(escape());
+        }
+        cur.push(comp);
+        match lookup(&cur.join("/")) {
+            Looked::Dir => {}
+            // Nothing there, or a file that the rest would step into: the kernel
+            // stops here, inside.
+            Looked::Missing | Looked::NotDir => return Ok(()),
+            Looked::Symlink(t) => {
+                hops += 1;
+                if hops > MAX_HOPS {
+                    return Err(Error::hostile(link, "symlink loop"));
+                }
+                if t.starts_with('/') {
+                    return Err(escape());
+                }
+                cur.pop();
+                todo.extend(t.split('/').rev());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Checks the JSON list in `deleted.files`: every path must stay inside the container's
 /// rootfs once the runtime joins it to the rootfs directory.
 pub(crate) fn check_deleted_files(entry: &str, content: &[u8]) -> Result<Vec<String>> {
@@ -227,6 +302,38 @@ mod tests {
         assert!(check_symlink_target("l", b"/etc/shadow", &l).is_err());
         assert!(check_symlink_target("l", b"x/../../y", &l).is_err());
         assert!(check_symlink_target("l", b"", &l).is_err());
+    }
+
+    #[test]
+    fn symlink_chains_are_resolved_through_the_tree() {
+        let tree: std::collections::HashMap<&str, Looked<'static>> = [
+            ("d", Looked::Symlink(".")),
+            ("e", Looked::Symlink("d/d/d/../../..")),
+            ("sub", Looked::Dir),
+            ("sub/up", Looked::Symlink("..")),
+            ("sub/f", Looked::NotDir),
+            ("loop1", Looked::Symlink("loop2")),
+            ("loop2", Looked::Symlink("loop1")),
+        ]
+        .into_iter()
+        .collect();
+        let lookup = |p: &str| tree.get(p).copied().unwrap_or(Looked::Missing);
+        let ok = |l: &str, t: &'static str| resolve_symlink_inside(l, t, &lookup);
+        // Each of these passes check_symlink_target on its own.
+        for (l, t) in [
+            ("e", "d/d/d/../../.."),
+            ("x", "sub/up/.."),
+            ("sub/y", "../d/.."),
+        ] {
+            assert!(check_symlink_target(l, t.as_bytes(), &Limits::default()).is_ok());
+            let err = ok(l, t).unwrap_err();
+            assert_eq!(err.entry(), Some(l), "{err}");
+        }
+        assert!(ok("loop1", "loop2").is_err());
+        assert!(ok("d", ".").is_ok());
+        assert!(ok("sub/g", "f").is_ok());
+        assert!(ok("sub/g", "../sub/up/sub/f").is_ok());
+        assert!(ok("dangling", "nothere/../../..").is_ok());
     }
 
     #[test]

@@ -71,6 +71,52 @@ fn cases() -> Vec<Case> {
             entry: "h".into(),
         },
         Case {
+            name: "symlink chain resolving outside, then a hard link through it",
+            tar: RawTar::default()
+                .symlink("d", ".")
+                .symlink("e", "d/d/d/../../..")
+                .hardlink("stolen", "e/etc/shadow")
+                .finish(),
+            entry: "e".into(),
+        },
+        Case {
+            name: "symlink chain written before its links, then a hard link through it",
+            tar: RawTar::default()
+                .symlink("e", "d/d/d/../../..")
+                .symlink("d", ".")
+                .hardlink("stolen", "e/etc/shadow")
+                .finish(),
+            entry: "stolen".into(),
+        },
+        Case {
+            name: "hard link through a symlinked directory inside the tree",
+            tar: RawTar::default()
+                .dir("sub")
+                .file("sub/f", b"x")
+                .symlink("s", "sub")
+                .hardlink("h", "s/f")
+                .finish(),
+            entry: "h".into(),
+        },
+        Case {
+            name: "hard link through `d -> .`",
+            tar: RawTar::default()
+                .file("f", b"x")
+                .symlink("d", ".")
+                .hardlink("h", "d/d/f")
+                .finish(),
+            entry: "h".into(),
+        },
+        Case {
+            name: "hard link to a symlink entry",
+            tar: RawTar::default()
+                .file("f", b"x")
+                .symlink("l", "f")
+                .hardlink("h", "l")
+                .finish(),
+            entry: "h".into(),
+        },
+        Case {
             name: "char device",
             tar: RawTar::default()
                 .entry(b"dev/null", b'3', b"", b"", 0o666)
@@ -442,4 +488,72 @@ fn archives_may_not_use_the_part_marker() {
     .unwrap();
     let e = Archive::open(&path).unwrap_err();
     assert_eq!(e.entry(), Some("x.ms2m-part.0-of-1.0.1"), "{e}");
+}
+
+/// The attack from issue 13, aimed at a real file next to the destination: `d -> .`,
+/// `e -> d/d/../..` (balanced as text, resolves to the destination's grandparent), and a
+/// hard link `stolen -> e/secret`. In either order of the symlinks, on decode and on
+/// `Archive::open` + `extract`, it is refused naming the entry, the 0600 sentinel keeps
+/// its single link, and nothing appears outside the destination.
+#[test]
+fn symlink_chains_cannot_link_a_file_outside() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let orders: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "links first",
+            RawTar::default()
+                .symlink("d", ".")
+                .symlink("e", "d/d/../..")
+                .hardlink("stolen", "e/secret")
+                .finish(),
+            "e",
+        ),
+        (
+            "chain first",
+            RawTar::default()
+                .symlink("e", "d/d/../..")
+                .symlink("d", ".")
+                .hardlink("stolen", "e/secret")
+                .finish(),
+            "stolen",
+        ),
+        (
+            // No hard link: the escaping symlink alone must not be committed either.
+            "chain only",
+            RawTar::default()
+                .symlink("e", "d/d/../..")
+                .symlink("d", ".")
+                .file("pages-1.img", b"x")
+                .finish(),
+            "e",
+        ),
+    ];
+    for (what, tar, named) in orders {
+        let base = tempfile::tempdir().unwrap();
+        let secret = base.path().join("secret");
+        fs::write(&secret, "host secret").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let parent = base.path().join("store");
+        fs::create_dir(&parent).unwrap();
+        let before = listing(base.path());
+
+        let dest = parent.join("ck");
+        let staging = Staging::new(&dest).unwrap();
+        let err = unpack_layer(tar.as_slice(), &layer(&tar), &staging)
+            .and_then(|_| staging.commit().map(drop))
+            .expect_err(&format!("{what}: accepted"));
+        assert!(matches!(err, Error::Hostile { .. }), "{what}: {err}");
+        assert_eq!(err.entry(), Some(named), "{what}: {err}");
+
+        let tar_path = base.path().join("in.tar");
+        fs::write(&tar_path, &tar).unwrap();
+        let err = Archive::open(&tar_path)
+            .and_then(|a| a.extract(parent.join("ck2")))
+            .expect_err(&format!("{what}: archive accepted"));
+        assert!(err.entry().is_some(), "{what}: {err}");
+        fs::remove_file(&tar_path).unwrap();
+
+        assert_eq!(fs::metadata(&secret).unwrap().nlink(), 1, "{what}");
+        assert_eq!(listing(base.path()), before, "{what}");
+    }
 }
