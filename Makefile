@@ -1,5 +1,5 @@
 # The README's commands. `make test` is what CI runs (.ci/run).
-.PHONY: test demo bench lint fmt setup services-start services-stop
+.PHONY: test demo bench lint fmt fuzz setup services-start services-stop
 
 test:            ## set up the machine, start services, run the whole suite, stop them
 	bash scripts/test.sh
@@ -16,6 +16,9 @@ lint:            ## formatting and clippy, warnings are errors
 
 fmt:
 	cargo fmt --all
+
+fuzz:            ## each cargo-fuzz target for FUZZ_SECONDS (default 60); stable harness without cargo-fuzz
+	bash scripts/fuzz.sh
 
 setup:           ## install packages and CRIU >= 4.2 only
 	bash scripts/setup.sh

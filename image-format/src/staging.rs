@@ -321,16 +321,31 @@ impl Staging {
     fn op_err(&self, entry: &str, what: &str, e: io::Error) -> Error {
         match escape_reason(&e) {
             Some(reason) => Error::hostile(entry, format!("{what}: the path {reason}")),
+            // Duplicates are caught before; this is an implicit parent directory of an
+            // earlier entry that this one wants to replace.
+            None if e.kind() == io::ErrorKind::AlreadyExists => Error::hostile(
+                entry,
+                format!("{what}: a directory of an earlier entry is already there"),
+            ),
             None => Error::io(format!("{what} {}", self.root.join(entry).display()), e),
         }
     }
 
     /// A symlink must resolve beneath the root however the links it passes through
-    /// are arranged; a dangling one is fine (it points nowhere outside).
+    /// are arranged; a dangling one is fine (its resolution stops inside).
     fn check_symlink_contained(&self, link: &str) -> Result<()> {
         match self.ops.resolve_beneath(link) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            // Resolution stopped inside the tree: at a missing name or at a file the
+            // rest of the target would step into.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                Ok(())
+            }
             Err(e) if escape_reason(&e).is_some() => Err(Error::hostile(
                 link,
                 "symlink resolves outside the tree (or loops)",
@@ -490,7 +505,7 @@ impl Staging {
                         );
                     }
                     match e.kind() {
-                        io::ErrorKind::NotFound => Error::hostile(
+                        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory => Error::hostile(
                             path,
                             format!("hard link target `{target}` does not exist"),
                         ),

@@ -1,6 +1,8 @@
 //! Synthetic checkpoint archives and tree comparison for the integration tests.
 #![allow(dead_code)]
 
+pub mod containment;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
