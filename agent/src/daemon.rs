@@ -61,18 +61,39 @@ async fn expire_checkpoints(store: crate::checkpoint::CheckpointStore, retention
     }
 }
 
-/// Serve until SIGTERM/SIGINT.
-pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError> {
+/// A checkpoint holds the container's memory, secrets included: whatever the agent
+/// writes is its own. The umask covers files written by the agent and its children
+/// (runc, CRIU, skopeo); the state dirs get their mode set explicitly, since a umask
+/// only ever removes bits and an existing (hostPath) dir keeps whatever it had.
+pub fn private_state_dirs(config: &Config) -> Result<(), DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     for d in [
+        config.state_dir.clone(),
         config.checkpoints_dir(),
         config.bundles_dir(),
         config.work_dir(),
     ] {
-        tokio::fs::create_dir_all(&d)
-            .await
-            .map_err(|e| DaemonError::Io(format!("creating {}", d.display()), e))?;
+        std::fs::create_dir_all(&d)
+            .and_then(|()| std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)))
+            .map_err(|e| DaemonError::Io(format!("creating {} (mode 0700)", d.display()), e))?;
     }
+    Ok(())
+}
+
+/// Serve until SIGTERM/SIGINT.
+pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError> {
+    private_state_dirs(&config)?;
     crate::image_store::remove_stale_layouts(&config.work_dir());
+    {
+        let runc = crate::runc::Runc::new(&config.runc_path)
+            .root(config.runc_root.clone())
+            .criu(&config.criu_path);
+        let r = crate::recovery::recover(&config, &runc).await;
+        if !r.resumed.is_empty() || !r.removed.is_empty() || !r.orphans_killed.is_empty() {
+            tracing::warn!(recovered = ?r, "repaired what an interrupted agent left");
+        }
+    }
     let criu = match crate::criu_check::criu_version(&config.criu_path).await {
         Ok(v) => {
             let kernel = crate::criu_check::kernel_release();

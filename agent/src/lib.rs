@@ -12,6 +12,7 @@ pub mod inspect;
 pub mod jobs;
 pub mod listeners;
 pub mod metrics;
+pub mod recovery;
 pub mod registry;
 pub mod restore;
 pub mod rootfs_diff;

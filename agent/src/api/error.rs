@@ -88,7 +88,7 @@ impl From<crate::checkpoint::StoreError> for ApiError {
         match &e {
             S::InvalidId(_) => ApiError::invalid(e.to_string()),
             S::NotFound(_) => ApiError::not_found(e.to_string()),
-            S::Exists(_) | S::InUse(_) => ApiError::conflict(e.to_string()),
+            S::Exists(_) | S::InUse(_) | S::BeingWritten(_) => ApiError::conflict(e.to_string()),
             S::Io(..) => ApiError::internal(e.to_string()),
         }
     }

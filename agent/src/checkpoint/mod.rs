@@ -100,6 +100,13 @@ pub async fn run_job<B: Backend>(
     let started = Instant::now();
     let info = backend.checkpoint(&ctx, &partial).await?;
     let dump_ms = started.elapsed().as_millis() as u64;
+    // Whatever umask CRIU, runc or the kubelet wrote with: memory and environment are
+    // in there, readable by root only.
+    let p = partial.clone();
+    tokio::task::spawn_blocking(move || store::make_private(&p))
+        .await
+        .map_err(|e| JobFailure::new("internal", e.to_string()))?
+        .map_err(|e| JobFailure::new("io", e.to_string()))?;
     tokio::fs::rename(&partial, &final_path)
         .await
         .map_err(|e| {

@@ -33,25 +33,40 @@ pub struct RuncBackend {
     /// connection close (an unacked message stays held until the heartbeat timeout).
     pub network_lock: Option<NetworkLock>,
     pub rootfs_image: Option<PathBuf>,
+    /// Where the intent to pause is recorded (see `crate::recovery`).
+    pub pause_markers: PathBuf,
 }
 
-/// Resumes a paused container when dropped (cancellation included).
+/// Resumes a paused container when dropped (cancellation included), then clears the
+/// pause marker. A SIGKILL skips this: the marker is what the next start repairs from.
 struct Unpause {
     runc: Runc,
     id: String,
     armed: bool,
+    marker: Option<crate::recovery::PauseMarker>,
 }
 
 impl Drop for Unpause {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            let mut c = self.runc.command().into_std();
+            c.arg("resume").arg(&self.id);
+            // Blocking for the few ms runc takes; leaving a container frozen would be worse.
+            match c.output() {
+                Ok(o) if o.status.success() => {}
+                Ok(o) => {
+                    tracing::error!(container = %self.id, stderr = %String::from_utf8_lossy(&o.stderr), "could not resume container");
+                    // Keep the marker: the next start resumes it.
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(container = %self.id, error = %e, "could not resume container");
+                    return;
+                }
+            }
         }
-        let mut c = self.runc.command().into_std();
-        c.arg("resume").arg(&self.id);
-        // Blocking for the few ms runc takes; leaving a container frozen would be worse.
-        if let Err(e) = c.output() {
-            tracing::error!(container = %self.id, error = %e, "could not resume container");
+        if let Some(m) = self.marker.take() {
+            m.clear();
         }
     }
 }
@@ -94,9 +109,15 @@ impl Backend for RuncBackend {
             runc: self.runc.clone(),
             id: id.clone(),
             armed: false,
+            marker: None,
         };
         let mut frozen_at = None;
         if self.leave_running && state.status == "running" {
+            // Recorded before pausing, so no kill can leave it paused unrecorded.
+            guard.marker = Some(
+                crate::recovery::PauseMarker::record(&self.pause_markers, id)
+                    .map_err(BackendError::io("recording the pause intent".to_string()))?,
+            );
             self.runc.pause(id).await?;
             frozen_at = Some(std::time::Instant::now());
             guard.armed = true;
@@ -151,6 +172,9 @@ impl Backend for RuncBackend {
         if guard.armed {
             guard.armed = false;
             self.runc.resume(id).await?;
+        }
+        if let Some(m) = guard.marker.take() {
+            m.clear();
         }
         let frozen_ms = frozen_at.map(|t| t.elapsed().as_millis() as u64);
         let config = ContainerConfig {

@@ -18,6 +18,8 @@ pub enum StoreError {
     Exists(String),
     #[error("checkpoint {0} is in use by a running job")]
     InUse(String),
+    #[error("checkpoint {0} is still being written by a running job (cancel the job to remove it)")]
+    BeingWritten(String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
@@ -164,6 +166,13 @@ impl CheckpointStore {
     }
 
     pub fn delete(&self, id: &str) -> Result<(), StoreError> {
+        validate_id(id)?;
+        // Leftovers of a killed agent are removed at start (crate::recovery), so a
+        // partial dir now belongs to a running job: say so rather than "not found",
+        // since creating the id answers "exists".
+        if !self.path(id).is_dir() && self.partial_path(id).exists() {
+            return Err(StoreError::BeingWritten(id.to_owned()));
+        }
         let p = self.existing(id)?;
         if self
             .in_use
@@ -175,6 +184,26 @@ impl CheckpointStore {
         }
         std::fs::remove_dir_all(&p).map_err(|e| StoreError::Io(p, e))
     }
+}
+
+/// Dirs 0700 and files 0600 below (and including) `root`, never following a symlink:
+/// a checkpoint is the process's memory, secrets included.
+pub fn make_private(root: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut stack = vec![root.to_owned()];
+    while let Some(dir) = stack.pop() {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        for e in std::fs::read_dir(&dir)? {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                stack.push(e.path());
+            } else if t.is_file() {
+                std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o600))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

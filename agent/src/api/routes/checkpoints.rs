@@ -118,6 +118,7 @@ pub async fn create(
                 tcp_close,
                 network_lock,
                 rootfs_image,
+                pause_markers: crate::recovery::markers_dir(&s.config),
             };
             let store = s.store.clone();
             let job = s.jobs.spawn(JobKind::Checkpoint, "preparing", move |ctx| {
