@@ -22,12 +22,26 @@ pub enum DaemonError {
     Token(std::path::PathBuf, std::io::Error),
     #[error("token file {0} is empty")]
     EmptyToken(std::path::PathBuf),
+    #[error(
+        "token file {0} is readable by group or others (mode {1:04o}): make it owner-only (chmod 600; a Secret volume: defaultMode 0400)"
+    )]
+    TokenMode(std::path::PathBuf, u32),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
 }
 
 async fn load_token(config: &Config) -> Result<Arc<String>, DaemonError> {
+    use std::os::unix::fs::PermissionsExt;
     let path = config.token_file.clone().ok_or(DaemonError::NoToken)?;
+    // The mode of the file itself (a Secret volume's file is a symlink into `..data`).
+    let mode = tokio::fs::metadata(&path)
+        .await
+        .map_err(|e| DaemonError::Token(path.clone(), e))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(DaemonError::TokenMode(path, mode & 0o7777));
+    }
     let t = tokio::fs::read_to_string(&path)
         .await
         .map_err(|e| DaemonError::Token(path.clone(), e))?;

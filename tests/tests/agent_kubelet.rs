@@ -425,3 +425,59 @@ fn kubelet_backend_checkpoints_through_the_kubelet_api() {
         .collect();
     assert_eq!(names.len(), 1, "failed checkpoints left files: {names:?}");
 }
+
+/// Kubernetes names are DNS-1123 before anything is sent (issue 13): a namespace `..`
+/// would be normalised into another kubelet route, called with the agent's
+/// service-account token. Every such name is a 400 naming the rule, and the kubelet
+/// sees no request at all.
+#[test]
+fn names_that_are_not_dns_1123_never_reach_the_kubelet() {
+    let work = tempfile::tempdir().unwrap();
+    let tls = ms2m_tests::transfer::tls_material(work.path());
+    let kubelet_dir = work.path().join("kubelet-checkpoints");
+    std::fs::create_dir_all(&kubelet_dir).unwrap();
+    let token_file = work.path().join("sa-token");
+    std::fs::write(&token_file, "sa-token-value\n").unwrap();
+    let kubelet = FakeKubelet::start(
+        &tls.cert,
+        &tls.key,
+        KubeletState {
+            token: "sa-token-value".into(),
+            checkpoint_dir: kubelet_dir.clone(),
+            containers: HashMap::new(),
+            requests: Arc::default(),
+        },
+    );
+    let agent = Agent::start(AgentOptions {
+        kubelet: Some((
+            format!("https://127.0.0.1:{}", kubelet.addr.port()),
+            token_file,
+            tls.ca.clone(),
+            kubelet_dir,
+        )),
+        ..Default::default()
+    });
+    for (ns, pod, container) in [
+        ("..", "p", "c"),
+        (".", "p", "c"),
+        ("default", "..", "c"),
+        ("default", "a..b", "c"),
+        ("default", "p", ".."),
+        ("kube.system", "p", "c"),
+        ("-x", "p", "c"),
+        ("Default", "p", "c"),
+        ("default", "p", "c-"),
+    ] {
+        let body = json!({"backend": "kubelet", "namespace": ns, "pod": pod,
+                          "container": container, "timeout_seconds": 5});
+        let r = agent.call("POST", "/v1/checkpoints", Some(&body.to_string()));
+        assert_eq!(r.status, 400, "{body}: {} {}", r.status, r.body);
+        assert_eq!(r.code(), "invalid_request", "{}", r.body);
+        assert!(r.body.contains("DNS-1123"), "{}", r.body);
+    }
+    assert!(
+        kubelet.requests.lock().unwrap().is_empty(),
+        "{:?}",
+        kubelet.requests.lock().unwrap()
+    );
+}

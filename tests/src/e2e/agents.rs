@@ -271,6 +271,12 @@ impl Agents {
         std::fs::create_dir_all(&dir).expect("agents dir");
         let token_file = dir.join("token");
         std::fs::write(&token_file, format!("{}\n", crate::env::unique("tok-"))).unwrap();
+        // Owner-only, as the agent demands of a token file.
+        std::fs::set_permissions(
+            &token_file,
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         let allowed = sc.rootfs_images();
         Agents {
             a: NodeAgent::start(

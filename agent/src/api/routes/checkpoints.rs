@@ -55,16 +55,36 @@ fn millis() -> u128 {
         .unwrap_or(0)
 }
 
+/// A DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+fn dns1123_label(v: &str) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// Namespaces and container names are DNS-1123 labels, pod names DNS-1123 subdomains
+/// (labels joined by `.`, at most 253). Checked before the names go anywhere: they
+/// become kubelet URL path segments, and `..` there would be normalised into another
+/// route called with the agent's service-account token.
 fn k8s_name(what: &str, v: &str) -> Result<(), ApiError> {
-    let ok = !v.is_empty()
-        && v.len() <= 253
-        && v.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.'));
+    let ok = match what {
+        "pod" => v.len() <= 253 && v.split('.').all(dns1123_label),
+        _ => dns1123_label(v),
+    };
     if ok {
         Ok(())
     } else {
+        let rule = if what == "pod" {
+            "a DNS-1123 subdomain"
+        } else {
+            "a DNS-1123 label"
+        };
         Err(ApiError::invalid(format!(
-            "{what} {v:?} is not a Kubernetes name"
+            "{what} {v:?} is not a Kubernetes name ({rule})"
         )))
     }
 }
@@ -189,6 +209,32 @@ pub async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kubernetes_names_are_dns_1123() {
+        for ok in ["default", "kube-system", "a", "x1"] {
+            k8s_name("namespace", ok).unwrap();
+            k8s_name("container", ok).unwrap();
+        }
+        k8s_name("pod", "web-0.shard.a").unwrap();
+        for bad in [
+            "..",
+            ".",
+            "a.b",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "",
+            &"a".repeat(64),
+            "a/b",
+        ] {
+            assert!(k8s_name("namespace", bad).is_err(), "{bad:?}");
+        }
+        for bad in ["..", "a..b", ".a", "a.", "-a.b", &"a.".repeat(127)] {
+            assert!(k8s_name("pod", bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn request_shapes() {
