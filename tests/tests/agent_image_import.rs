@@ -343,6 +343,36 @@ fn bad_requests_get_clear_errors() {
     synthetic_checkpoint(&agent.checkpoints_dir().join("syn"), "syn", 1 << 20);
     let post = |body: &str| agent.call("POST", "/v1/images", Some(body));
 
+    // References a tool would read as options, or with whitespace or control
+    // characters, stop at the parser (issue 13: `ctr` received `--sync.x/x:t`).
+    for reference in [
+        "--sync.x/x:t",
+        "-localhost/a:t",
+        "localhost/a:-t",
+        "localhost/a b:t",
+        "localhost/a:t\n--all",
+        "localhost/a:t\u{1b}",
+    ] {
+        let body = json!({"checkpoint_id": "syn", "reference": reference}).to_string();
+        let m = expect_error(&post(&body), 400, "invalid_request");
+        assert!(
+            m.contains("reference") || m.contains("registry"),
+            "{reference:?}: {m}"
+        );
+        let d = agent.call(
+            "DELETE",
+            &format!(
+                "/v1/images?reference={}",
+                reference
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect::<String>()
+            ),
+            None,
+        );
+        expect_error(&d, 400, "invalid_request");
+    }
+
     let m = expect_error(
         &post(r#"{"checkpoint_id": "syn", "reference": "Not A Reference"}"#),
         400,
@@ -350,7 +380,9 @@ fn bad_requests_get_clear_errors() {
     );
     assert!(m.contains("Not A Reference"), "{m}");
     let m = expect_error(
-        &post(r#"{"checkpoint_id": "syn", "reference": "localhost/a@sha256:0123abcd"}"#),
+        &post(
+            r#"{"checkpoint_id": "syn", "reference": "localhost/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}"#,
+        ),
         400,
         "invalid_request",
     );

@@ -63,7 +63,8 @@ impl Ctr {
     /// `ctr images rm <reference>`: the arguments.
     pub fn remove_args(&self, reference: &str) -> Vec<OsString> {
         let mut a = self.global_args();
-        a.extend(["images".into(), "rm".into(), reference.into()]);
+        // `--`: whatever the reference is, ctr never reads it as an option.
+        a.extend(["images".into(), "rm".into(), "--".into(), reference.into()]);
         a
     }
 
@@ -91,6 +92,7 @@ impl CtrImport {
             "import".into(),
             "--base-name".into(),
             self.base_name.clone().into(),
+            "--".into(),
             "-".into(),
         ]);
         a
@@ -195,10 +197,17 @@ mod tests {
             "k8s.io",
         ];
         let mut want: Vec<&str> = g.to_vec();
-        want.extend(["images", "import", "--base-name", "localhost/ms2m/c", "-"]);
+        want.extend([
+            "images",
+            "import",
+            "--base-name",
+            "localhost/ms2m/c",
+            "--",
+            "-",
+        ]);
         assert_eq!(strings(ctr.import("localhost/ms2m/c").args()), want);
         let mut want: Vec<&str> = g.to_vec();
-        want.extend(["images", "rm", "localhost/ms2m/c:t"]);
+        want.extend(["images", "rm", "--", "localhost/ms2m/c:t"]);
         assert_eq!(strings(ctr.remove_args("localhost/ms2m/c:t")), want);
     }
 }

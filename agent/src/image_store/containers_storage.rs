@@ -54,7 +54,13 @@ impl Skopeo {
     /// `skopeo delete <target>`: the arguments.
     pub fn delete_args(&self, target: impl Into<OsString>) -> Vec<OsString> {
         // The policy guards what is *pulled*; deleting from a local store is not a pull.
-        vec!["--insecure-policy".into(), "delete".into(), target.into()]
+        // `--`: the target is never read as an option, whatever it holds.
+        vec![
+            "--insecure-policy".into(),
+            "delete".into(),
+            "--".into(),
+            target.into(),
+        ]
     }
 
     /// `skopeo delete <target>`.
@@ -83,6 +89,7 @@ impl SkopeoCopy {
             "--insecure-policy".into(),
             "copy".into(),
             "--quiet".into(),
+            "--".into(),
             self.src.clone(),
             self.dest.clone(),
         ]
@@ -181,13 +188,14 @@ mod tests {
                 "--insecure-policy",
                 "copy",
                 "--quiet",
+                "--",
                 "oci:/l:ckpt-1",
                 dest.as_str()
             ]
         );
         assert_eq!(
             strings(cs.skopeo.delete_args(dest.clone())),
-            ["--insecure-policy", "delete", dest.as_str()]
+            ["--insecure-policy", "delete", "--", dest.as_str()]
         );
     }
 

@@ -384,8 +384,8 @@ mod tests {
             "",
             "Upper/Case:x",
             "localhost/a:bad tag",
-            "localhost/a@sha256:0123",
-            "localhost/a:t@sha256:0123",
+            "localhost/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "localhost/a:t@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "localhost//a:t",
         ] {
             let e = ImageRef::parse(bad).unwrap_err();
@@ -394,8 +394,8 @@ mod tests {
         }
         // Removal takes any reference, digests included.
         assert_eq!(
-            removal_reference("localhost/a@sha256:0123").unwrap(),
-            "localhost/a@sha256:0123"
+            removal_reference("localhost/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef").unwrap(),
+            "localhost/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
         );
         assert_eq!(
             removal_reference("counter").unwrap(),

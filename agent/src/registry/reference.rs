@@ -21,6 +21,83 @@ pub struct Reference {
     pub digest: Option<String>,
 }
 
+/// `[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?` (a registry host name component).
+fn domain_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    !b.is_empty()
+        && b.iter().all(|x| x.is_ascii_alphanumeric() || *x == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+/// The registry part of the distribution grammar: host components joined by `.` (or a
+/// bracketed IPv6 address), then an optional numeric port. Anything else (a leading
+/// `-` a tool would take for an option, spaces, control characters) is refused here,
+/// before a reference reaches a subprocess's command line.
+fn valid_registry(r: &str) -> bool {
+    let (host, port) = match r.rsplit_once(':') {
+        Some((h, _)) if !h.ends_with(']') && h.contains(':') => (r, None),
+        Some((h, p)) => (h, Some(p)),
+        None => (r, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => !v6.is_empty() && v6.bytes().all(|b| b.is_ascii_hexdigit() || b == b':'),
+        None => host.split('.').all(domain_component),
+    };
+    port_ok && host_ok
+}
+
+/// A repository path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    if b.is_empty() || !b[0].is_ascii_alphanumeric() || !b[b.len() - 1].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        let x = b[i];
+        if x.is_ascii_lowercase() || x.is_ascii_digit() {
+            i += 1;
+            continue;
+        }
+        // A separator run: `.`, `_`, `__` or any number of `-`.
+        let start = i;
+        while i < b.len() && matches!(b[i], b'.' | b'_' | b'-') {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        let ok = sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|s| s == b'-');
+        if sep.is_empty() || !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// `algorithm:encoded` with the grammar's alphabets (sha256: 64 lowercase hex).
+fn valid_digest(d: &str) -> bool {
+    let Some((alg, enc)) = d.split_once(':') else {
+        return false;
+    };
+    let alg_ok = !alg.is_empty()
+        && alg
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+        && alg.as_bytes()[0].is_ascii_alphanumeric();
+    let enc_ok = !enc.is_empty()
+        && enc
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b));
+    let sha_ok = alg != "sha256"
+        || (enc.len() == 64
+            && enc
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    alg_ok && enc_ok && sha_ok
+}
+
 impl Reference {
     pub fn parse(input: &str) -> Result<Self, Error> {
         let bad = |why: &str| Error::Reference(format!("{input:?}: {why}"));
@@ -28,13 +105,19 @@ impl Reference {
         if s.is_empty() {
             return Err(bad("empty reference"));
         }
+        if s.len() > 1024 {
+            return Err(bad("longer than 1024 bytes"));
+        }
+        if s.starts_with('-') {
+            return Err(bad("starts with `-` (would read as an option)"));
+        }
+        if let Some(c) = s.chars().find(|c| c.is_whitespace() || c.is_control()) {
+            return Err(bad(&format!("contains {c:?}")));
+        }
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => {
-                let valid = d
-                    .split_once(':')
-                    .is_some_and(|(alg, hex)| !alg.is_empty() && !hex.is_empty());
-                if !valid {
-                    return Err(bad("digest must look like sha256:<hex>"));
+                if !valid_digest(d) {
+                    return Err(bad("digest must look like sha256:<64 hex>"));
                 }
                 (r, Some(d.to_string()))
             }
@@ -52,6 +135,7 @@ impl Reference {
         if let Some(t) = &tag
             && (t.is_empty()
                 || t.len() > 128
+                || t.starts_with(['.', '-'])
                 || !t
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)))
@@ -71,13 +155,12 @@ impl Reference {
         } else {
             repository
         };
-        let repo_ok = !repository.is_empty()
-            && repository.split('/').all(|c| {
-                !c.is_empty()
-                    && c.chars().all(|ch| {
-                        ch.is_ascii_lowercase() || ch.is_ascii_digit() || "._-".contains(ch)
-                    })
-            });
+        if !valid_registry(&registry) {
+            return Err(bad(
+                "registry must be a host name or address, with an optional port",
+            ));
+        }
+        let repo_ok = !repository.is_empty() && repository.split('/').all(path_component);
         if !repo_ok {
             return Err(bad(
                 "repository must be lowercase [a-z0-9._-] path components",
@@ -168,11 +251,17 @@ mod tests {
 
     #[test]
     fn digest_reference_and_hub_defaults() {
-        let r = Reference::parse("busybox@sha256:abcd").unwrap();
+        let r = Reference::parse(
+            "busybox@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        )
+        .unwrap();
         assert_eq!(r.registry, "docker.io");
         assert_eq!(r.api_host(), "registry-1.docker.io");
         assert_eq!(r.repository, "library/busybox");
-        assert_eq!(r.manifest_reference(), "sha256:abcd");
+        assert_eq!(
+            r.manifest_reference(),
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+        );
         assert!(!r.is_loopback());
     }
 
@@ -184,8 +273,35 @@ mod tests {
             "r.io/a:",
             "r.io/a@nodigest",
             "r.io//a",
+            // What reached `ctr` as an option before (issue 13), and friends.
+            "--sync.x/x:t",
+            "-r.io/a:t",
+            "r.io/a:-t",
+            "r.io/a:.t",
+            "r.io/a b:t",
+            "r.io/a:t\n--x",
+            "r.io/a:t\u{7f}",
+            "r.io/a\t:t",
+            "-x.io:5000/a",
+            "r.io:50a0/a",
+            "r_x.io/a:t",
+            "r.io/_a",
+            "r.io/a__-b",
+            "r.io/a..b",
+            "r.io/a@sha256:xyz",
+            "r.io/a@sha256:0123\n",
+            "r.io/a@sha256:ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef0123456789",
         ] {
-            assert!(Reference::parse(bad).is_err(), "{bad} accepted");
+            assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for ok in [
+            "r.io/a_b/c__d/e-f/g--h/i.j:v1.2-rc_3",
+            "[::1]:5000/x/y:t",
+            "127.0.0.1:5000/ms2m-test/c:ck",
+            "localhost/ms2m/ns/mig:ckpt-1",
+            "r.io/a@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            assert!(Reference::parse(ok).is_ok(), "{ok:?} refused");
         }
     }
 
