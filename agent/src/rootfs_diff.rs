@@ -21,6 +21,8 @@ pub enum DiffError {
     },
     #[error("rootfs diff entry {0:?} is not allowed: {1}")]
     Unsafe(String, &'static str),
+    #[error("rootfs diff entry {0:?}: {1}")]
+    Entry(String, std::io::Error),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> DiffError + '_ {
@@ -226,7 +228,9 @@ pub fn apply(
                 safe_relative(&target)?;
             }
             inside(rootfs, &rel, &name)?;
-            let ok = e.unpack_in(rootfs).map_err(io(tp))?;
+            let ok = e
+                .unpack_in(rootfs)
+                .map_err(|err| DiffError::Entry(name.clone(), err))?;
             if !ok {
                 return Err(DiffError::Unsafe(name, "path leaves the rootfs"));
             }
@@ -328,5 +332,47 @@ mod tests {
         let e = apply(Some(&tarp), None, &rootfs).unwrap_err();
         assert!(e.to_string().contains("esc/pwned"), "{e}");
         assert!(!t.path().join("pwned").exists());
+    }
+
+    /// The symlink chain of issue 13 in a rootfs diff: `d -> .`, `e -> d/d/../..`
+    /// (balanced as text, resolving to the rootfs's parent) and a hard link
+    /// `stolen -> e/secret`: refused, and the 0600 file next to the rootfs keeps its
+    /// single link. tar's `unpack_in` canonicalizes every parent and hard-link source
+    /// (following symlinks) before using it, and restore applies the diff alone, on a
+    /// fresh copy in a 0700 bundle, so nothing can swap a path between check and use.
+    #[test]
+    fn symlink_chains_cannot_link_a_file_outside_the_rootfs() {
+        use std::os::unix::fs::PermissionsExt;
+        fn header(name: &str, typeflag: u8, link: &str) -> [u8; 512] {
+            let mut h = tar::Header::new_ustar();
+            h.as_mut_bytes()[..name.len()].copy_from_slice(name.as_bytes());
+            h.as_mut_bytes()[157..157 + link.len()].copy_from_slice(link.as_bytes());
+            h.set_mode(0o777);
+            h.set_size(0);
+            h.set_entry_type(tar::EntryType::new(typeflag));
+            h.set_cksum();
+            *h.as_bytes()
+        }
+        let t = tempfile::tempdir().unwrap();
+        let secret = t.path().join("secret");
+        fs::write(&secret, "host").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let rootfs = t.path().join("rootfs");
+        fs::create_dir(&rootfs).unwrap();
+        let tarp = t.path().join("chain.tar");
+        let mut bytes = Vec::new();
+        for h in [
+            header("d", b'2', "."),
+            header("e", b'2', "d/d/../.."),
+            header("stolen", b'1', "e/secret"),
+        ] {
+            bytes.extend_from_slice(&h);
+        }
+        bytes.extend_from_slice(&[0u8; 1024]);
+        fs::write(&tarp, &bytes).unwrap();
+        let e = apply(Some(&tarp), None, &rootfs).unwrap_err();
+        assert!(e.to_string().contains("\"stolen\""), "{e}");
+        assert_eq!(fs::metadata(&secret).unwrap().nlink(), 1);
+        assert!(!rootfs.join("stolen").exists());
     }
 }
