@@ -9,10 +9,10 @@
 //!   or gone is just removed. A container paused by someone else has no marker and is
 //!   left alone.
 //! - `runc checkpoint` (and the CRIU it runs) outlive a SIGKILLed agent. Before
-//!   resuming or removing anything, the start waits for such leftovers (processes whose
-//!   command line names the checkpoints dir) to end, then kills what is left after
-//!   [`ORPHAN_WAIT`]: resuming a container while CRIU still dumps it, or deleting the
-//!   directory CRIU writes into, would race with it.
+//!   resuming or removing anything, the start waits for such leftovers (`runc`/`criu`
+//!   processes whose command line names the checkpoints dir) to end, then kills what is
+//!   left after [`ORPHAN_WAIT`]: resuming a container while CRIU still dumps it, or
+//!   deleting the directory CRIU writes into, would race with it.
 //! - `.<id>.partial` checkpoint dirs and `.<name>.ms2m-staging-*` unpack dirs of jobs
 //!   that never finished are removed (no job runs yet at start, so none is in use).
 
@@ -79,7 +79,8 @@ pub struct Recovered {
     pub orphans_killed: Vec<i32>,
 }
 
-/// Pids of processes (other than us) whose command line mentions `dir`.
+/// Pids of `runc`/`criu` processes whose command line mentions `dir` (only those: a
+/// shell that happens to be in the directory is none of our business).
 fn processes_naming(dir: &Path) -> Vec<i32> {
     let me = std::process::id() as i32;
     let needle = dir.as_os_str().as_encoded_bytes();
@@ -89,6 +90,10 @@ fn processes_naming(dir: &Path) -> Vec<i32> {
     rd.flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| matches!(c.trim(), "runc" | "criu"))
+        })
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
                 .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle))
