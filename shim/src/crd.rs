@@ -110,6 +110,32 @@ pub struct MessageQueueConfig {
     #[serde(default)]
     #[schemars(length(max = 255))]
     pub routing_key: String,
+    /// RabbitMQ management API, `http(s)://host:port` (default: the broker's host on
+    /// port 15672, with the broker URL's credentials). Required by the protocol: it is
+    /// the only place the broker tells unacknowledged deliveries and current bindings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("managementUrl must start with http:// or https://"))]
+    #[schemars(length(max = 2048))]
+    pub management_url: Option<String>,
+    /// The broker's `collect_statistics_interval` in milliseconds (RabbitMQ's default
+    /// 5000). Statistics are trusted only as of two intervals back, so a value below the
+    /// broker's setting is unsafe and a larger one only slower.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 600000))]
+    pub stats_interval_ms: Option<i64>,
+}
+
+impl MessageQueueConfig {
+    pub fn management(&self) -> crate::messaging::ManagementConfig {
+        let mut m = crate::messaging::ManagementConfig {
+            url: self.management_url.clone(),
+            ..Default::default()
+        };
+        if let Some(ms) = self.stats_interval_ms.filter(|ms| *ms > 0) {
+            m.stats_interval = std::time::Duration::from_millis(ms as u64);
+        }
+        m
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -106,6 +106,16 @@ struct MigrateArgs {
     /// AMQP URL of the broker.
     #[arg(long, env = "MS2M_BROKER_URL")]
     broker_url: String,
+    /// RabbitMQ management API, http(s)://host:port (default: the broker's host, port
+    /// 15672, the broker URL's credentials). The protocol reads unacknowledged counts and
+    /// bindings there.
+    #[arg(long, env = "MS2M_MANAGEMENT_URL")]
+    management_url: Option<String>,
+    /// The broker's collect_statistics_interval in ms (RabbitMQ's default: 5000). The
+    /// pre-checkpoint wait trusts statistics only as of two intervals back.
+    #[arg(long, env = "MS2M_BROKER_STATS_INTERVAL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    broker_stats_interval_ms: u64,
     /// The service's primary queue.
     #[arg(long)]
     queue: String,
@@ -171,6 +181,10 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
         insecure_registry: a.insecure_registry,
         direct_target: a.direct_target,
         broker_url: a.broker_url,
+        management: ms2m_shim::messaging::ManagementConfig {
+            url: a.management_url,
+            stats_interval: Duration::from_millis(a.broker_stats_interval_ms),
+        },
         queue: a.queue,
         exchange: a.exchange,
         routing_key: a.routing_key,

@@ -265,7 +265,8 @@ fn direct_send_imports_on_the_target_node_and_the_rollback_removes_the_image() {
         assert_eq!(
             view,
             JobView::Succeeded {
-                output: reference.into()
+                output: reference.into(),
+                finished_at: None,
             }
         );
         // The source agent's own record of the job: sent to node-b's address, imported there.
@@ -316,7 +317,8 @@ fn direct_send_imports_on_the_target_node_and_the_rollback_removes_the_image() {
         assert_eq!(
             view,
             JobView::Succeeded {
-                output: reference.into()
+                output: reference.into(),
+                finished_at: None,
             }
         );
         assert!(storage.inspect(reference, false).is_some());

@@ -1,0 +1,247 @@
+//! RabbitMQ's management HTTP API: the two things AMQP 0-9-1 cannot tell.
+//!
+//! - **Unacknowledged deliveries.** `queue.declare(passive)` counts only ready messages;
+//!   a consumer with prefetch holds up to its prefetch more. The management API's queue
+//!   object has `messages_unacknowledged`, but it is a *statistic*: the queue process
+//!   emits it every `collect_statistics_interval` (RabbitMQ's default 5 s) and the
+//!   management collector copies it on the same period, so a reading can be up to two
+//!   intervals old (measured here: 40 deliveries held by a prefetch-50 consumer read as
+//!   `messages_unacknowledged: 0` for 5 s). [`super::backlog`] turns such readings into
+//!   a proof by only trusting them as of two intervals back.
+//! - **Bindings.** The cut-over must find out how far an interrupted earlier attempt
+//!   got; bindings come from the broker's schema database, not from statistics, so they
+//!   are current.
+//!
+//! The standard `rabbitmq_management` plugin is a broker prerequisite (docs/deploy.md).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{AmqpUrl, MessagingError, Result};
+
+/// RabbitMQ's default management listener port.
+pub const DEFAULT_PORT: u16 = 15672;
+/// RabbitMQ's default `collect_statistics_interval`.
+pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Where the management API is and how old its statistics may be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagementConfig {
+    /// `http(s)://host:port` without a path; `None`: the AMQP host on port 15672.
+    pub url: Option<String>,
+    /// The broker's `collect_statistics_interval`. Correctness needs it to be at least
+    /// the broker's setting (a larger value only waits longer).
+    pub stats_interval: Duration,
+}
+
+impl Default for ManagementConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            stats_interval: DEFAULT_STATS_INTERVAL,
+        }
+    }
+}
+
+/// A queue's counts as the management API last recorded them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueStats {
+    pub ready: u64,
+    pub unacknowledged: u64,
+}
+
+/// One binding whose source is an exchange.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Binding {
+    pub destination: String,
+    pub destination_type: String,
+    #[serde(default)]
+    pub routing_key: String,
+}
+
+impl Binding {
+    pub fn is_queue(&self, name: &str) -> bool {
+        self.destination_type == "queue" && self.destination == name
+    }
+
+    pub fn is_exchange(&self, name: &str) -> bool {
+        self.destination_type == "exchange" && self.destination == name
+    }
+}
+
+#[derive(Deserialize)]
+struct QueueObject {
+    messages_ready: Option<u64>,
+    messages_unacknowledged: Option<u64>,
+}
+
+/// A client for the few management endpoints ms2m reads.
+pub struct Management {
+    http: reqwest::Client,
+    base: String,
+    user: String,
+    password: String,
+    vhost: String,
+    pub stats_interval: Duration,
+}
+
+impl Management {
+    pub fn new(amqp: &AmqpUrl, cfg: &ManagementConfig) -> Result<Self> {
+        // The shim's binaries install ring at start; library users (tests) may not have.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let base = match &cfg.url {
+            Some(u) => u.trim_end_matches('/').to_owned(),
+            None => format!("http://{}:{DEFAULT_PORT}", bracket_v6(&amqp.host)),
+        };
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(MessagingError::Url(format!(
+                "management URL must be http:// or https://: {base}"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| MessagingError::Url(format!("management client: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            user: amqp.user.clone(),
+            password: amqp.password.clone(),
+            vhost: amqp.vhost.clone(),
+            stats_interval: cfg.stats_interval,
+        })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        op: &'static str,
+        path: &str,
+    ) -> Result<Option<T>> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .basic_auth(&self.user, Some(&self.password))
+            .send()
+            .await
+            .map_err(|e| MessagingError::Operation {
+                op,
+                message: format!("management API at {}: {e}", self.base),
+            })?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
+        {
+            return Err(MessagingError::Refused {
+                op,
+                code: status.as_u16(),
+                text: format!(
+                    "management API at {} refused the broker user (it needs the `monitoring` tag or better)",
+                    self.base
+                ),
+            });
+        }
+        if !status.is_success() {
+            return Err(MessagingError::Operation {
+                op,
+                message: format!("management API at {} answered {status}", self.base),
+            });
+        }
+        resp.json::<T>()
+            .await
+            .map(Some)
+            .map_err(|e| MessagingError::Operation {
+                op,
+                message: format!("management API at {}: {e}", self.base),
+            })
+    }
+
+    /// The queue's last recorded counts; `None` when the queue does not exist or has no
+    /// statistics yet (just declared).
+    pub async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>> {
+        let path = format!("/api/queues/{}/{}", segment(&self.vhost), segment(queue));
+        let obj: Option<QueueObject> = self.get("management queue", &path).await?;
+        Ok(obj.and_then(|q| {
+            Some(QueueStats {
+                ready: q.messages_ready?,
+                unacknowledged: q.messages_unacknowledged?,
+            })
+        }))
+    }
+
+    /// Bindings whose source is `exchange` (current, not statistics).
+    pub async fn bindings_from(&self, exchange: &str) -> Result<Vec<Binding>> {
+        let path = format!(
+            "/api/exchanges/{}/{}/bindings/source",
+            segment(&self.vhost),
+            segment(exchange)
+        );
+        Ok(self
+            .get("management bindings", &path)
+            .await?
+            .unwrap_or_default())
+    }
+}
+
+fn bracket_v6(host: &str) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// One path segment, percent-encoded (a vhost `/` is `%2F`).
+fn segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn amqp() -> AmqpUrl {
+        super::super::parse_url("amqp://u:p@10.0.0.1:5672/%2f").unwrap()
+    }
+
+    #[test]
+    fn defaults_to_the_amqp_host_on_the_management_port() {
+        let m = Management::new(&amqp(), &ManagementConfig::default()).unwrap();
+        assert_eq!(m.base_url(), "http://10.0.0.1:15672");
+        assert_eq!(m.stats_interval, Duration::from_secs(5));
+        let v6 = super::super::parse_url("amqp://u:p@[::1]:5672/").unwrap();
+        // parse_url keeps the brackets of an IPv6 literal.
+        let m = Management::new(&v6, &ManagementConfig::default()).unwrap();
+        assert!(m.base_url().starts_with("http://["), "{}", m.base_url());
+    }
+
+    #[test]
+    fn an_explicit_url_must_be_http() {
+        let cfg = ManagementConfig {
+            url: Some("ftp://x".into()),
+            ..Default::default()
+        };
+        assert!(Management::new(&amqp(), &cfg).is_err());
+        let cfg = ManagementConfig {
+            url: Some("https://mq.example:15671/".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            Management::new(&amqp(), &cfg).unwrap().base_url(),
+            "https://mq.example:15671"
+        );
+    }
+
+    #[test]
+    fn path_segments_are_encoded() {
+        assert_eq!(segment("/"), "%2F");
+        assert_eq!(segment("orders.ms2m-replay"), "orders%2Ems2m%2Dreplay");
+    }
+}
