@@ -111,30 +111,36 @@ pub struct MessageQueueConfig {
     #[schemars(length(max = 255))]
     pub routing_key: String,
     /// RabbitMQ management API, `http(s)://host:port` (default: the broker's host on
-    /// port 15672, with the broker URL's credentials). Required by the protocol: it is
-    /// the only place the broker tells unacknowledged deliveries and current bindings.
+    /// port 15672, with the broker URL's credentials). The cut-over reads the
+    /// exchange's current bindings there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("managementUrl must start with http:// or https://"))]
     #[schemars(length(max = 2048))]
     pub management_url: Option<String>,
-    /// The broker's `collect_statistics_interval` in milliseconds (RabbitMQ's default
-    /// 5000). Statistics are trusted only as of two intervals back, so a value below the
-    /// broker's setting is unsafe and a larger one only slower.
+    /// The service's prefetch (`basic.qos`) on the primary queue; 0 for unlimited or
+    /// automatic acknowledgement. The checkpoint waits until this many messages
+    /// published after the replay binding have reached the source, which proves every
+    /// earlier one acknowledged (docs/migration-protocol.md). Too high only waits
+    /// longer; too low can lose messages. Default 50, the reference consumer's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 600000))]
-    pub stats_interval_ms: Option<i64>,
+    #[schemars(range(min = 0, max = 65535))]
+    pub source_prefetch: Option<i32>,
 }
+
+/// The reference consumer's prefetch: what `sourcePrefetch` defaults to.
+pub const DEFAULT_SOURCE_PREFETCH: u16 = 50;
 
 impl MessageQueueConfig {
     pub fn management(&self) -> crate::messaging::ManagementConfig {
-        let mut m = crate::messaging::ManagementConfig {
+        crate::messaging::ManagementConfig {
             url: self.management_url.clone(),
-            ..Default::default()
-        };
-        if let Some(ms) = self.stats_interval_ms.filter(|ms| *ms > 0) {
-            m.stats_interval = std::time::Duration::from_millis(ms as u64);
         }
-        m
+    }
+
+    pub fn source_prefetch(&self) -> u16 {
+        self.source_prefetch
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(DEFAULT_SOURCE_PREFETCH)
     }
 }
 

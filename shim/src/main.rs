@@ -111,11 +111,11 @@ struct MigrateArgs {
     /// bindings there.
     #[arg(long, env = "MS2M_MANAGEMENT_URL")]
     management_url: Option<String>,
-    /// The broker's collect_statistics_interval in ms (RabbitMQ's default: 5000). The
-    /// pre-checkpoint wait trusts statistics only as of two intervals back.
-    #[arg(long, env = "MS2M_BROKER_STATS_INTERVAL_MS", default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    broker_stats_interval_ms: u64,
+    /// The service's prefetch on its primary queue (0: unlimited or auto-ack). The
+    /// checkpoint waits until this many post-binding messages reached the source, which
+    /// proves it acknowledged every earlier one. Too high only waits longer.
+    #[arg(long, default_value_t = ms2m_shim::crd::DEFAULT_SOURCE_PREFETCH)]
+    source_prefetch: u16,
     /// The service's primary queue.
     #[arg(long)]
     queue: String,
@@ -183,8 +183,8 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
         broker_url: a.broker_url,
         management: ms2m_shim::messaging::ManagementConfig {
             url: a.management_url,
-            stats_interval: Duration::from_millis(a.broker_stats_interval_ms),
         },
+        source_prefetch: a.source_prefetch,
         queue: a.queue,
         exchange: a.exchange,
         routing_key: a.routing_key,

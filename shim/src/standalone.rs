@@ -54,6 +54,9 @@ pub struct Settings {
     /// The broker's management API (unacknowledged counts for the pre-checkpoint
     /// condition, bindings for the cut-over).
     pub management: ManagementConfig,
+    /// The source consumer's prefetch (0: unlimited or auto-ack): the pre-checkpoint
+    /// condition waits for this many post-binding deliveries.
+    pub source_prefetch: u16,
     pub queue: String,
     pub exchange: String,
     pub routing_key: String,
@@ -330,7 +333,7 @@ impl World for Standalone {
             {
                 let check = self
                     .broker
-                    .pre_binding_backlog(&plan.queues)
+                    .pre_binding_backlog(&plan.queues, self.s.source_prefetch)
                     .await
                     .map_err(mq_err)?;
                 obs.backlog_settled = Some(check.settled);
@@ -790,6 +793,7 @@ mod tests {
             direct_target: None,
             broker_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
             management: ManagementConfig::default(),
+            source_prefetch: 1,
             queue: "q".into(),
             exchange: "x".into(),
             routing_key: String::new(),

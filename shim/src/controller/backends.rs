@@ -327,7 +327,7 @@ impl Backends for ClusterBackends {
         let check = self
             .broker(m)
             .await?
-            .pre_binding_backlog(&m.queues)
+            .pre_binding_backlog(&m.queues, m.spec.message_queue_config.source_prefetch())
             .await
             .map_err(mq_err)?;
         Ok(check.settled)

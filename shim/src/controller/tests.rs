@@ -418,11 +418,15 @@ async fn replay_cutoff_stops_the_source_then_finalizes() {
     p.steps.start_replay = StepState::Done;
     p.replay.started_at = Some(Timestamp::now() - SignedDuration::from_secs(90));
     // Past the 60 s cutoff with 4 left; then caught up alone, then gone.
-    backends
-        .depths
-        .lock()
-        .unwrap()
-        .extend([Some(4), Some(4), Some(0), Some(0), Some(0), None, None]);
+    backends.depths.lock().unwrap().extend([
+        Some(4),
+        Some(4),
+        Some(0),
+        Some(0),
+        Some(0),
+        None,
+        None,
+    ]);
     let scenario = tokio::spawn(async move {
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.replay.stop_reason.as_deref(), Some("Cutoff"));
@@ -991,11 +995,15 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
 
     // 3: Running → replay, stop the source once caught up, finalize; the image stays (the
     // target runs from it).
-    backends
-        .depths
-        .lock()
-        .unwrap()
-        .extend([Some(0), Some(0), Some(0), Some(0), Some(0), None, None]);
+    backends.depths.lock().unwrap().extend([
+        Some(0),
+        Some(0),
+        Some(0),
+        Some(0),
+        Some(0),
+        None,
+        None,
+    ]);
     let scenario = tokio::spawn(async move {
         api.get(
             &format!("{PODS}/{TARGET}"),

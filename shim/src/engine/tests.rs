@@ -869,7 +869,10 @@ fn the_primary_queue_is_fenced_only_once_the_source_channel_is_gone() {
     );
     let d = decide(&plan(), &p, &waiting(10 + 120, false, Some(1)));
     let f = d.progress.failure.unwrap();
-    assert!(f.reason.contains("broker connection did not close"), "{f:?}");
+    assert!(
+        f.reason.contains("broker connection did not close"),
+        "{f:?}"
+    );
 }
 
 #[test]

@@ -1,16 +1,9 @@
-//! RabbitMQ's management HTTP API: the two things AMQP 0-9-1 cannot tell.
-//!
-//! - **Unacknowledged deliveries.** `queue.declare(passive)` counts only ready messages;
-//!   a consumer with prefetch holds up to its prefetch more. The management API's queue
-//!   object has `messages_unacknowledged`, but it is a *statistic*: the queue process
-//!   emits it every `collect_statistics_interval` (RabbitMQ's default 5 s) and the
-//!   management collector copies it on the same period, so a reading can be up to two
-//!   intervals old (measured here: 40 deliveries held by a prefetch-50 consumer read as
-//!   `messages_unacknowledged: 0` for 5 s). [`super::backlog`] turns such readings into
-//!   a proof by only trusting them as of two intervals back.
-//! - **Bindings.** The cut-over must find out how far an interrupted earlier attempt
-//!   got; bindings come from the broker's schema database, not from statistics, so they
-//!   are current.
+//! RabbitMQ's management HTTP API, for the one thing AMQP 0-9-1 cannot tell: the
+//! current bindings of an exchange. The cut-over must find out how far an interrupted
+//! earlier attempt got; bindings come from the broker's schema database, not from its
+//! statistics, so they are current. (Its statistics are not: queue counts, consumers
+//! and counters lag by seconds and were seen not to move at all while a consumer worked
+//! off 40 deliveries, so nothing here reads them.)
 //!
 //! The standard `rabbitmq_management` plugin is a broker prerequisite (docs/deploy.md).
 
@@ -22,33 +15,13 @@ use super::{AmqpUrl, MessagingError, Result};
 
 /// RabbitMQ's default management listener port.
 pub const DEFAULT_PORT: u16 = 15672;
-/// RabbitMQ's default `collect_statistics_interval`.
-pub const DEFAULT_STATS_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Where the management API is and how old its statistics may be.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where the management API is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ManagementConfig {
-    /// `http(s)://host:port` without a path; `None`: the AMQP host on port 15672.
+    /// `http(s)://host:port` without a path; `None`: the AMQP host on port 15672, with
+    /// the AMQP URL's credentials.
     pub url: Option<String>,
-    /// The broker's `collect_statistics_interval`. Correctness needs it to be at least
-    /// the broker's setting (a larger value only waits longer).
-    pub stats_interval: Duration,
-}
-
-impl Default for ManagementConfig {
-    fn default() -> Self {
-        Self {
-            url: None,
-            stats_interval: DEFAULT_STATS_INTERVAL,
-        }
-    }
-}
-
-/// A queue's counts as the management API last recorded them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct QueueStats {
-    pub ready: u64,
-    pub unacknowledged: u64,
 }
 
 /// One binding whose source is an exchange.
@@ -70,12 +43,6 @@ impl Binding {
     }
 }
 
-#[derive(Deserialize)]
-struct QueueObject {
-    messages_ready: Option<u64>,
-    messages_unacknowledged: Option<u64>,
-}
-
 /// A client for the few management endpoints ms2m reads.
 pub struct Management {
     http: reqwest::Client,
@@ -83,7 +50,6 @@ pub struct Management {
     user: String,
     password: String,
     vhost: String,
-    pub stats_interval: Duration,
 }
 
 impl Management {
@@ -109,7 +75,6 @@ impl Management {
             user: amqp.user.clone(),
             password: amqp.password.clone(),
             vhost: amqp.vhost.clone(),
-            stats_interval: cfg.stats_interval,
         })
     }
 
@@ -137,8 +102,7 @@ impl Management {
         if status == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN
-        {
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
             return Err(MessagingError::Refused {
                 op,
                 code: status.as_u16(),
@@ -161,19 +125,6 @@ impl Management {
                 op,
                 message: format!("management API at {}: {e}", self.base),
             })
-    }
-
-    /// The queue's last recorded counts; `None` when the queue does not exist or has no
-    /// statistics yet (just declared).
-    pub async fn queue_stats(&self, queue: &str) -> Result<Option<QueueStats>> {
-        let path = format!("/api/queues/{}/{}", segment(&self.vhost), segment(queue));
-        let obj: Option<QueueObject> = self.get("management queue", &path).await?;
-        Ok(obj.and_then(|q| {
-            Some(QueueStats {
-                ready: q.messages_ready?,
-                unacknowledged: q.messages_unacknowledged?,
-            })
-        }))
     }
 
     /// Bindings whose source is `exchange` (current, not statistics).
@@ -215,7 +166,6 @@ mod tests {
     fn defaults_to_the_amqp_host_on_the_management_port() {
         let m = Management::new(&amqp(), &ManagementConfig::default()).unwrap();
         assert_eq!(m.base_url(), "http://10.0.0.1:15672");
-        assert_eq!(m.stats_interval, Duration::from_secs(5));
         let v6 = super::super::parse_url("amqp://u:p@[::1]:5672/").unwrap();
         // parse_url keeps the brackets of an IPv6 literal.
         let m = Management::new(&v6, &ManagementConfig::default()).unwrap();
@@ -226,12 +176,10 @@ mod tests {
     fn an_explicit_url_must_be_http() {
         let cfg = ManagementConfig {
             url: Some("ftp://x".into()),
-            ..Default::default()
         };
         assert!(Management::new(&amqp(), &cfg).is_err());
         let cfg = ManagementConfig {
             url: Some("https://mq.example:15671/".into()),
-            ..Default::default()
         };
         assert_eq!(
             Management::new(&amqp(), &cfg).unwrap().base_url(),

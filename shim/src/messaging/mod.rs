@@ -15,16 +15,15 @@
 //! confirm was lost with the connection is sent again (at-least-once), which is why the
 //! control messages must be, and are, harmless to repeat.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use amqprs::{
     BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return,
     callbacks::{ChannelCallback, DefaultConnectionCallback},
     channel::{
         BasicPublishArguments, Channel, ConfirmSelectArguments, ExchangeBindArguments,
-        ExchangeDeclareArguments, ExchangeDeleteArguments, ExchangeType,
-        QueueBindArguments, QueueDeclareArguments,
-        QueueDeleteArguments, QueuePurgeArguments, QueueUnbindArguments,
+        ExchangeDeclareArguments, ExchangeDeleteArguments, ExchangeType, QueueBindArguments,
+        QueueDeclareArguments, QueueDeleteArguments, QueuePurgeArguments, QueueUnbindArguments,
     },
     connection::{Connection, OpenConnectionArguments},
 };
@@ -32,8 +31,8 @@ use amqprs::{
 mod backlog;
 mod management;
 
-pub use backlog::{BacklogCheck, BacklogProbe};
-pub use management::{Binding, Management, ManagementConfig, QueueStats};
+pub use backlog::{BacklogCheck, pre_binding_backlog};
+pub use management::{Binding, Management, ManagementConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, info, warn};
@@ -184,7 +183,6 @@ pub struct Messaging {
     /// Prefix of the `message-id` of control messages, e.g. the migration's name.
     message_id_prefix: String,
     management: Management,
-    probe: Mutex<Option<BacklogProbe>>,
 }
 
 /// A queue as `queue.declare(passive)` reports it: current, not a statistic.
@@ -197,8 +195,7 @@ pub struct QueueState {
 
 impl Messaging {
     /// Nothing is opened until the first operation. The management API is expected on
-    /// the AMQP host's port 15672 with RabbitMQ's default statistics interval; see
-    /// [`Messaging::with_management`].
+    /// the AMQP host's port 15672; see [`Messaging::with_management`].
     pub fn new(url: &str, message_id_prefix: &str) -> Result<Self> {
         Self::with_management(url, message_id_prefix, &ManagementConfig::default())
     }
@@ -216,7 +213,6 @@ impl Messaging {
             link: Mutex::new(None),
             message_id_prefix: message_id_prefix.to_owned(),
             management,
-            probe: Mutex::new(None),
         })
     }
 
@@ -370,18 +366,18 @@ impl Messaging {
         Ok(self.queue_state(queue).await?.map(|s| s.ready))
     }
 
-    /// The pre-checkpoint condition ([`backlog`]): call it repeatedly after the replay
-    /// binding and before `START_REPLAY` (the replay queue must not be consumed yet).
-    pub async fn pre_binding_backlog(&self, q: &QueueNames) -> Result<BacklogCheck> {
+    /// The pre-checkpoint condition ([`backlog`]) for a source consumer with `prefetch`
+    /// (0: unlimited or automatic acknowledgement): call it after the replay binding and
+    /// before `START_REPLAY` (the replay queue must not be consumed yet).
+    pub async fn pre_binding_backlog(&self, q: &QueueNames, prefetch: u16) -> Result<BacklogCheck> {
+        // The replay depth first: it only grows, so reading it before the primary's
+        // keeps the rule on the safe side.
         let replay = self.queue_state(&q.replay).await?.map_or(0, |s| s.ready);
-        let sampled = Instant::now();
-        let primary = self.management.queue_stats(&q.primary).await?;
-        let fetched = Instant::now();
-        let mut probe = self.probe.lock().await;
-        let probe =
-            probe.get_or_insert_with(|| BacklogProbe::new(self.management.stats_interval));
-        probe.record_replay_depth(sampled, replay);
-        let check = probe.check(fetched, primary);
+        let primary = self.queue_state(&q.primary).await?.unwrap_or(QueueState {
+            ready: 0,
+            consumers: 0,
+        });
+        let check = pre_binding_backlog(replay, primary.ready, primary.consumers, prefetch);
         debug!(settled = check.settled, detail = %check.detail, "pre-binding backlog");
         Ok(check)
     }
