@@ -24,7 +24,9 @@
 //!    no pre-binding message: all were acknowledged. With `c` consumers, `N·c`
 //!    post-binding deliveries are enough for every one of them.
 //!
-//! So `r - p >= N·c` proves the condition. It needs traffic after the binding: with an
+//! So `r - p >= N·c` proves the condition. Without a consumer (`c = 0`, e.g. between a
+//! crash and its reconnect) nothing is unacknowledged, and `p <= r` proves that no
+//! pre-binding message is left in the primary queue. It needs traffic after the binding: with an
 //! idle producer nothing can be proven and the phase times out (rollback, nothing lost).
 //! A consumer without a prefetch limit, or with automatic acknowledgement, gives no
 //! bound; for it (`prefetch` 0) the rule proves only that every pre-binding message was
@@ -47,9 +49,9 @@ pub fn pre_binding_backlog(
     prefetch: u16,
 ) -> BacklogCheck {
     let delivered_since_binding = replay_ready.saturating_sub(primary_ready);
-    let needed = u64::from(prefetch.max(1)) * u64::from(primary_consumers.max(1));
+    let needed = u64::from(prefetch.max(1)) * u64::from(primary_consumers);
     BacklogCheck {
-        settled: delivered_since_binding >= needed,
+        settled: replay_ready >= primary_ready && delivered_since_binding >= needed,
         detail: format!(
             "{delivered_since_binding} of the {replay_ready} messages published since the binding \
              delivered from the primary queue, {needed} needed (prefetch {prefetch}, {primary_consumers} consumer(s))"
@@ -82,8 +84,10 @@ mod tests {
             // Unlimited prefetch: every pre-binding message delivered.
             (1, 0, 1, 0, true),
             (3, 3, 1, 0, false),
-            // The source went away (no consumer): still one delivery per prefetch.
-            (50, 0, 0, 50, true),
+            // No consumer: nothing unacknowledged; no pre-binding message may be ready.
+            (0, 0, 0, 50, true),
+            (3, 3, 0, 50, true),
+            (3, 4, 0, 50, false),
         ];
         for (r, p, c, n, want) in cases {
             let got = pre_binding_backlog(r, p, c, n);
