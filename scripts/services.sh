@@ -15,6 +15,7 @@ RUN=${MS2M_RUN_DIR:-$ROOT/.run}
 REG_PORT=${MS2M_REGISTRY_PORT:-5000}
 AMQP_PORT=${MS2M_AMQP_PORT:-5672}
 DIST_PORT=$((AMQP_PORT + 20000))
+MGMT_PORT=$((AMQP_PORT + 10000))
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -65,9 +66,11 @@ start_rabbitmq() {
   if alive "$d/pid"; then return 0; fi
   (
     rabbit_env
-    # The management plugin is not needed: depth comes from queue.declare(passive).
-    echo '[].' > "$d/enabled_plugins"
-    printf 'loopback_users = none\nlisteners.tcp.default = 127.0.0.1:%s\n' "$AMQP_PORT" > "$d/rabbitmq.conf"
+    # The management plugin is a broker prerequisite of the protocol: the cut-over reads
+    # an exchange's current bindings there.
+    echo '[rabbitmq_management].' > "$d/enabled_plugins"
+    printf '%s\n' "loopback_users = none" "listeners.tcp.default = 127.0.0.1:$AMQP_PORT" \
+      "management.tcp.ip = 127.0.0.1" "management.tcp.port = $MGMT_PORT" > "$d/rabbitmq.conf"
     cp /var/lib/rabbitmq/.erlang.cookie "$d/.erlang.cookie" 2>/dev/null || true
     setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/server.log" 2>&1 < /dev/null &
     echo $! > "$d/pid"
@@ -75,6 +78,7 @@ start_rabbitmq() {
   wait_port 127.0.0.1 "$AMQP_PORT" 60 rabbitmq-server
   (rabbit_env; timeout 60 /usr/lib/rabbitmq/bin/rabbitmqctl -q await_startup >/dev/null 2>&1) \
     || die "rabbitmq-server did not finish starting (log: $d/server.log)"
+  wait_port 127.0.0.1 "$MGMT_PORT" 30 "rabbitmq management API"
   log "rabbitmq on 127.0.0.1:$AMQP_PORT"
 }
 
@@ -101,6 +105,8 @@ stop_rabbitmq() {
 print_env() {
   echo "export MS2M_TEST_REGISTRY=127.0.0.1:$REG_PORT"
   echo "export MS2M_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
+  # Read by ms2m-shim (and the tests) as the broker's management API.
+  echo "export MS2M_MANAGEMENT_URL=http://127.0.0.1:$MGMT_PORT"
   echo "export MS2M_CRIU=${MS2M_CRIU:-/usr/local/sbin/criu}"
 }
 

@@ -117,6 +117,9 @@ pub struct Job {
     pub rate_bytes_per_second: f64,
     #[serde(default)]
     pub duration_ms: Option<u64>,
+    /// The agent's clock when the job ended: where a driver puts the phase boundary.
+    #[serde(default)]
+    pub finished_at: Option<jiff::Timestamp>,
     #[serde(default)]
     pub error: Option<JobError>,
     #[serde(default)]

@@ -110,6 +110,38 @@ pub struct MessageQueueConfig {
     #[serde(default)]
     #[schemars(length(max = 255))]
     pub routing_key: String,
+    /// RabbitMQ management API, `http(s)://host:port` (default: the broker's host on
+    /// port 15672, with the broker URL's credentials). The cut-over reads the
+    /// exchange's current bindings there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("managementUrl must start with http:// or https://"))]
+    #[schemars(length(max = 2048))]
+    pub management_url: Option<String>,
+    /// The service's prefetch (`basic.qos`) on the primary queue; 0 for unlimited or
+    /// automatic acknowledgement. The checkpoint waits until this many messages
+    /// published after the replay binding have reached the source, which proves every
+    /// earlier one acknowledged (docs/migration-protocol.md). Too high only waits
+    /// longer; too low can lose messages. Default 50, the reference consumer's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 65535))]
+    pub source_prefetch: Option<i32>,
+}
+
+/// The reference consumer's prefetch: what `sourcePrefetch` defaults to.
+pub const DEFAULT_SOURCE_PREFETCH: u16 = 50;
+
+impl MessageQueueConfig {
+    pub fn management(&self) -> crate::messaging::ManagementConfig {
+        crate::messaging::ManagementConfig {
+            url: self.management_url.clone(),
+        }
+    }
+
+    pub fn source_prefetch(&self) -> u16 {
+        self.source_prefetch
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(DEFAULT_SOURCE_PREFETCH)
+    }
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]

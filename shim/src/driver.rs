@@ -58,7 +58,13 @@ pub async fn round<W: World + ?Sized>(
 ) -> Result<Decision, WorldError> {
     let now = jiff::Timestamp::now();
     let mut obs = match world.observe(plan, progress).await {
-        Ok(obs) => obs,
+        // Stamped when the observation is complete, not when it began: an observation
+        // long-polls agent jobs, and a phase boundary taken from its start would put the
+        // job's work into the next phase.
+        Ok(obs) => Observation {
+            now: jiff::Timestamp::now(),
+            ..obs
+        },
         Err(e) => {
             // A world that stays unobservable for longer than a phase may take fails the
             // migration like any other timeout; the engine never gets to see the clock

@@ -106,6 +106,16 @@ struct MigrateArgs {
     /// AMQP URL of the broker.
     #[arg(long, env = "MS2M_BROKER_URL")]
     broker_url: String,
+    /// RabbitMQ management API, http(s)://host:port (default: the broker's host, port
+    /// 15672, the broker URL's credentials). The protocol reads unacknowledged counts and
+    /// bindings there.
+    #[arg(long, env = "MS2M_MANAGEMENT_URL")]
+    management_url: Option<String>,
+    /// The service's prefetch on its primary queue (0: unlimited or auto-ack). The
+    /// checkpoint waits until this many post-binding messages reached the source, which
+    /// proves it acknowledged every earlier one. Too high only waits longer.
+    #[arg(long, default_value_t = ms2m_shim::crd::DEFAULT_SOURCE_PREFETCH)]
+    source_prefetch: u16,
     /// The service's primary queue.
     #[arg(long)]
     queue: String,
@@ -171,6 +181,10 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
         insecure_registry: a.insecure_registry,
         direct_target: a.direct_target,
         broker_url: a.broker_url,
+        management: ms2m_shim::messaging::ManagementConfig {
+            url: a.management_url,
+        },
+        source_prefetch: a.source_prefetch,
         queue: a.queue,
         exchange: a.exchange,
         routing_key: a.routing_key,

@@ -29,7 +29,7 @@ use crate::engine::{
     Action, JobView, Next, Observation, Phase, Plan, Progress, QueueNames, ReplayMode, SourceView,
     StepState, Strategy, TargetView, TransferMode, leftover_checkpoints,
 };
-use crate::messaging::{ControlMessage, Messaging, MessagingError};
+use crate::messaging::{ControlMessage, ManagementConfig, Messaging, MessagingError};
 
 /// Everything `migrate` needs, parsed from the command line.
 #[derive(Clone, Debug)]
@@ -51,6 +51,12 @@ pub struct Settings {
     /// Direct mode: the target agent's URL as the source agent reaches it.
     pub direct_target: Option<String>,
     pub broker_url: String,
+    /// The broker's management API (unacknowledged counts for the pre-checkpoint
+    /// condition, bindings for the cut-over).
+    pub management: ManagementConfig,
+    /// The source consumer's prefetch (0: unlimited or auto-ack): the pre-checkpoint
+    /// condition waits for this many post-binding deliveries.
+    pub source_prefetch: u16,
     pub queue: String,
     pub exchange: String,
     pub routing_key: String,
@@ -190,7 +196,10 @@ fn job_view(job: Option<Job>, output: impl Fn(&Job) -> Option<String>) -> JobVie
     match job.status {
         JobStatus::Queued | JobStatus::Running => JobView::Running,
         JobStatus::Succeeded => match output(&job) {
-            Some(o) => JobView::Succeeded { output: o },
+            Some(o) => JobView::Succeeded {
+                output: o,
+                finished_at: job.finished_at,
+            },
             None => JobView::Failed {
                 reason: format!("job {} succeeded without the expected result", job.id),
             },
@@ -322,16 +331,12 @@ impl World for Standalone {
                 if progress.steps.replay_topology == StepState::Done
                     && progress.steps.checkpoint == StepState::NotStarted =>
             {
-                obs.primary_depth = self
+                let check = self
                     .broker
-                    .queue_depth(&plan.queues.primary)
+                    .pre_binding_backlog(&plan.queues, self.s.source_prefetch)
                     .await
                     .map_err(mq_err)?;
-                obs.replay_depth = self
-                    .broker
-                    .queue_depth(&plan.queues.replay)
-                    .await
-                    .map_err(mq_err)?;
+                obs.backlog_settled = Some(check.settled);
             }
             Phase::Checkpointing if progress.steps.checkpoint != StepState::NotStarted => {
                 let job = match &progress.checkpoint_job {
@@ -352,6 +357,7 @@ impl World for Standalone {
                 {
                     obs.checkpoint = JobView::Succeeded {
                         output: plan.checkpoint_id.clone(),
+                        finished_at: None,
                     };
                 }
             }
@@ -393,7 +399,7 @@ impl World for Standalone {
             Phase::Replaying => {
                 obs.target = TargetView::Running;
                 if progress.steps.stop_source == StepState::Done
-                    && progress.steps.unbind_replay != StepState::Done
+                    && progress.steps.fence_primary != StepState::Done
                 {
                     let src = self
                         .source
@@ -407,12 +413,9 @@ impl World for Standalone {
                         natural_strategy: Strategy::ShadowPod,
                     });
                 }
-                obs.replay_depth = self
-                    .broker
-                    .queue_depth(&plan.queues.replay)
-                    .await
-                    .map_err(mq_err)?;
+                self.observe_queues(plan, &mut obs, true).await?;
             }
+            Phase::Finalizing => self.observe_queues(plan, &mut obs, false).await?,
             _ => {}
         }
         Ok(obs)
@@ -518,11 +521,16 @@ impl World for Standalone {
                 .send_control(control_queue, &ControlMessage::start_replay(replay_queue))
                 .await
                 .map_err(mq_err),
-            Action::UnbindReplay => self
-                .broker
-                .unbind_replay(&plan.queues)
-                .await
-                .map_err(mq_err),
+            Action::FencePrimary => {
+                let purged = self
+                    .broker
+                    .fence_primary(&plan.queues)
+                    .await
+                    .map_err(mq_err)?;
+                *progress.replay.purged_duplicates.get_or_insert(0) += purged;
+                Ok(())
+            }
+            Action::CutOver => self.broker.cut_over(&plan.queues).await.map_err(mq_err),
             Action::SendEndReplay { control_queue } => self
                 .broker
                 .send_control(control_queue, &ControlMessage::EndReplay)
@@ -558,6 +566,32 @@ impl World for Standalone {
 }
 
 impl Standalone {
+    /// Ready depth and consumers of the replay queue, and with `primary` the consumers
+    /// of the primary queue: current counts, not statistics.
+    async fn observe_queues(
+        &self,
+        plan: &Plan,
+        obs: &mut Observation,
+        primary: bool,
+    ) -> Result<(), WorldError> {
+        let replay = self
+            .broker
+            .queue_state(&plan.queues.replay)
+            .await
+            .map_err(mq_err)?;
+        obs.replay_depth = replay.map(|q| q.ready);
+        obs.replay_consumers = replay.map(|q| q.consumers);
+        if primary {
+            obs.primary_consumers = self
+                .broker
+                .queue_state(&plan.queues.primary)
+                .await
+                .map_err(mq_err)?
+                .map(|q| q.consumers);
+        }
+        Ok(())
+    }
+
     async fn target_pull(&self, body: &serde_json::Value) -> Result<Job, AgentError> {
         self.target.start_pull(body).await
     }
@@ -608,7 +642,7 @@ pub async fn migrate_with_state(
     let mut world = Standalone {
         source: AgentClient::new(s.source_agent.clone()),
         target: AgentClient::new(s.target_agent.clone()),
-        broker: Messaging::new(&s.broker_url, &s.checkpoint_id)?,
+        broker: Messaging::with_management(&s.broker_url, &s.checkpoint_id, &s.management)?,
         s,
         started: Instant::now(),
         last_phase: progress.phase,
@@ -758,6 +792,8 @@ mod tests {
             insecure_registry: false,
             direct_target: None,
             broker_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            management: ManagementConfig::default(),
+            source_prefetch: 1,
             queue: "q".into(),
             exchange: "x".into(),
             routing_key: String::new(),

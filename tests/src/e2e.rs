@@ -122,6 +122,38 @@ pub struct ConsumerSpec {
     pub delay_ms: u64,
     pub ballast_mib: u64,
     pub http_port: u16,
+    pub behaviour: ConsumerBehaviour,
+}
+
+/// How the consumer treats its broker: the reference behaviour (prefetch 1, skips
+/// sequence numbers it applied, reconnects at once) or a typical third-party one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsumerBehaviour {
+    pub prefetch: u16,
+    pub dedup: bool,
+    pub reconnect_delay_ms: u64,
+}
+
+impl Default for ConsumerBehaviour {
+    fn default() -> Self {
+        Self {
+            prefetch: 1,
+            dedup: true,
+            reconnect_delay_ms: 0,
+        }
+    }
+}
+
+impl ConsumerBehaviour {
+    /// What the protocol issue tried: prefetch 50, no deduplication, 3 s before a
+    /// reconnect.
+    pub fn third_party() -> Self {
+        Self {
+            prefetch: 50,
+            dedup: false,
+            reconnect_delay_ms: 3000,
+        }
+    }
 }
 
 /// A bundle running the static consumer as PID 1, in `netns`, with `/etc/hostname`
@@ -140,6 +172,12 @@ pub fn consumer_bundle(dir: &Path, spec: &ConsumerSpec, netns: &Path) -> Bundle 
         ("MS2M_DELAY_MS", &spec.delay_ms.to_string()),
         ("MS2M_BALLAST_MIB", &spec.ballast_mib.to_string()),
         ("MS2M_HTTP_PORT", &spec.http_port.to_string()),
+        ("MS2M_PREFETCH", &spec.behaviour.prefetch.to_string()),
+        ("MS2M_DEDUP", &spec.behaviour.dedup.to_string()),
+        (
+            "MS2M_RECONNECT_DELAY_MS",
+            &spec.behaviour.reconnect_delay_ms.to_string(),
+        ),
         ("RUST_LOG", "info"),
     ]);
     bundle.edit_config(|c| {

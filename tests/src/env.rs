@@ -63,3 +63,20 @@ pub fn unique(prefix: &str) -> String {
         N.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// The management API of the test broker, as `scripts/services.sh` exports it
+/// (`MS2M_MANAGEMENT_URL`, which `ms2m-shim` reads too).
+pub fn management() -> ms2m_shim::messaging::ManagementConfig {
+    ms2m_shim::messaging::ManagementConfig {
+        url: Some(required(
+            "MS2M_MANAGEMENT_URL",
+            "the rabbitmq-server's management API on loopback",
+        )),
+    }
+}
+
+/// A shim broker session on the test broker, with its management API.
+pub fn messaging(amqp_url: &str, prefix: &str) -> ms2m_shim::messaging::Messaging {
+    ms2m_shim::messaging::Messaging::with_management(amqp_url, prefix, &management())
+        .expect("the test broker's URLs parse")
+}

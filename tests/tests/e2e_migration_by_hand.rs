@@ -18,6 +18,7 @@ fn stop_and_copy_by_hand_loses_nothing() {
         delay_ms: 50,
         ballast_mib: 8,
         warmup: 20,
+        consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
     report.assert_exactly_once();
@@ -36,6 +37,7 @@ fn shadowpod_by_hand_with_32_mib_of_state_at_20_msg_per_s() {
         delay_ms: 20,
         ballast_mib: 32,
         warmup: 40,
+        consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
     report.assert_exactly_once();
@@ -55,6 +57,7 @@ fn shadowpod_by_hand_with_512_mib_of_state() {
         delay_ms: 50,
         ballast_mib: 512,
         warmup: 20,
+        consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
     report.assert_exactly_once();
@@ -74,6 +77,7 @@ fn broker_connections_dropped_mid_replay_lose_nothing() {
         delay_ms: 50,
         ballast_mib: 8,
         warmup: 20,
+        consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
     };
     let report = Scenario::start(spec).run(|sc| {
         migrate_by_hand_with(sc, |sc, target_pod| {

@@ -21,6 +21,7 @@ fn shim_killed_mid_replaying_resumes_from_its_state_file_and_loses_nothing() {
             delay_ms: 40,
             ballast_mib: 8,
             warmup: 20,
+            consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
         },
         Driver::Agents,
     );

@@ -65,6 +65,7 @@ fn consumer_migrates_between_nodes_by_hand_without_loss_or_double_application() 
         delay_ms: 50,
         ballast_mib: 16,
         http_port: HTTP_PORT,
+        behaviour: Default::default(),
     };
     let bundle_a = consumer_bundle(&tmp.path().join("a"), &spec_a, &pod_a.netns_path());
     let source = Container::run(&bundle_a, &unique("ms2m-e2e-a-"));

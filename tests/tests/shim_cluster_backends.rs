@@ -38,6 +38,8 @@ fn migration(queue: &str, exchange: &str) -> MigrationRef {
         phase_timeout_seconds: 300,
         message_queue_config: MessageQueueConfig {
             broker_url: None,
+            management_url: env::management().url,
+            source_prefetch: None,
             broker_secret_ref: Some(SecretKeyRef {
                 name: "rabbit".into(),
                 key: "url".into(),
@@ -160,12 +162,16 @@ fn agents_are_found_by_node_and_reached_with_the_token_from_the_secret() {
         let (c, ch) = declare.await;
         backends.ensure_replay_topology(&m).await.unwrap();
         assert_eq!(
-            backends.queue_depth(&m, &m.queues.replay).await.unwrap(),
+            backends
+                .queue_state(&m, &m.queues.replay)
+                .await
+                .unwrap()
+                .map(|q| q.ready),
             Some(0)
         );
         backends.delete_replay(&m).await.unwrap();
         assert_eq!(
-            backends.queue_depth(&m, &m.queues.replay).await.unwrap(),
+            backends.queue_state(&m, &m.queues.replay).await.unwrap(),
             None
         );
         let err = backends

@@ -1,7 +1,9 @@
 //! The shim's AMQP side against the real rabbitmq-server at MS2M_TEST_AMQP_URL: topology,
-//! control messages received by a real consumer, depth polling, a connection cut in the
-//! middle of a replay (through a TCP proxy the test owns), and a real broker restart
-//! mid-replay (a private rabbitmq-server started through scripts/services.sh).
+//! the fence and the cut-over under a publisher that does not pause, the pre-checkpoint
+//! condition against consumers with prefetch 1, 50 and unlimited, control messages
+//! received by a real consumer, depth polling, a connection cut in the middle of a
+//! replay (through a TCP proxy the test owns), and a real broker restart mid-replay (a
+//! private rabbitmq-server started through scripts/services.sh).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -97,12 +99,12 @@ async fn wait_depth(m: &Messaging, queue: &str, want: Option<u64>) {
 }
 
 #[tokio::test]
-async fn topology_puts_every_message_in_both_queues_until_unbound() {
+async fn topology_fence_and_cut_over_move_the_feed_between_the_queues() {
     let url = env::amqp_url();
     let q = names("topo");
     let b = Broker::connect(&url).await;
     b.declare_primary(&q.primary).await;
-    let m = Messaging::new(&url, "topo").unwrap();
+    let m = env::messaging(&url, "topo");
 
     m.ensure_replay_topology(&q).await.unwrap();
     // Idempotent: a restarted driver declares again.
@@ -113,16 +115,47 @@ async fn topology_puts_every_message_in_both_queues_until_unbound() {
     wait_depth(&m, &q.primary, Some(10)).await;
     wait_depth(&m, &q.replay, Some(10)).await;
 
-    m.unbind_replay(&q).await.unwrap();
+    // The fence: the primary queue's copies go, and it is fed no more.
+    assert_eq!(m.fence_primary(&q).await.unwrap(), 10);
+    assert_eq!(m.fence_primary(&q).await.unwrap(), 0, "repeatable");
     for seq in 10..15 {
         b.publish(&q.exchange, "", seq).await;
     }
-    wait_depth(&m, &q.primary, Some(15)).await;
+    wait_depth(&m, &q.replay, Some(15)).await;
+    assert_eq!(m.queue_depth(&q.primary).await.unwrap(), Some(0));
+
+    // The cut-over: the feed is back on the primary queue, the replay queue stops growing.
+    m.cut_over(&q).await.unwrap();
+    m.cut_over(&q).await.unwrap();
+    for seq in 15..20 {
+        b.publish(&q.exchange, "", seq).await;
+    }
+    wait_depth(&m, &q.primary, Some(5)).await;
     assert_eq!(
         m.queue_depth(&q.replay).await.unwrap(),
-        Some(10),
-        "unbound replay queue grew"
+        Some(15),
+        "a cut-off replay queue grew"
     );
+    // Nothing of the cut-over is left on the broker: the exchange feeds the primary
+    // queue directly, as before the migration.
+    let left = m.management().bindings_from(&q.exchange).await.unwrap();
+    assert!(
+        left.iter().any(|b| b.is_queue(&q.primary))
+            && !left.iter().any(|b| b.is_queue(&q.replay))
+            && left.iter().all(|b| b.destination_type == "queue"),
+        "{left:?}"
+    );
+    for helper in [".ms2m-cut", ".ms2m-fallback"] {
+        let name = format!("{}{helper}", q.exchange);
+        assert!(
+            m.management()
+                .bindings_from(&name)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{name} left behind"
+        );
+    }
 
     m.delete_replay(&q).await.unwrap();
     assert_eq!(m.queue_depth(&q.replay).await.unwrap(), None);
@@ -130,6 +163,191 @@ async fn topology_puts_every_message_in_both_queues_until_unbound() {
         .await
         .expect("deleting a deleted replay queue is fine");
     b.cleanup(&[&q.primary], &q.exchange).await;
+}
+
+/// Every message body (`{"seq":N}`) in `queue`, taken with `basic.get` until it is empty.
+async fn drain_seqs(url: &str, queue: &str) -> Vec<u32> {
+    use amqprs::channel::BasicGetArguments;
+    let b = Broker::connect(url).await;
+    let mut seqs = Vec::new();
+    while let Some((_, _, body)) =
+        b.ch.basic_get(BasicGetArguments::new(queue).no_ack(true).finish())
+            .await
+            .unwrap()
+    {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        seqs.push(v["seq"].as_u64().unwrap() as u32);
+    }
+    let _ = b.conn.close().await;
+    seqs
+}
+
+#[tokio::test]
+async fn under_a_publisher_that_never_pauses_the_cut_over_puts_each_message_in_one_queue() {
+    let url = env::amqp_url();
+    let q = names("cut-load");
+    let b = Broker::connect(&url).await;
+    b.declare_primary(&q.primary).await;
+    let m = env::messaging(&url, "cut-load");
+    m.ensure_replay_topology(&q).await.unwrap();
+    const N: u32 = 4000;
+    let (url2, exchange) = (url.clone(), q.exchange.clone());
+    let publisher = tokio::spawn(async move {
+        let p = Broker::connect(&url2).await;
+        for seq in 0..N {
+            p.publish(&exchange, "", seq).await;
+            if seq % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        let _ = p.conn.close().await;
+    });
+    // Mid-stream: the source is gone, fence; then the target caught up, cut over.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let purged = m.fence_primary(&q).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    m.cut_over(&q).await.unwrap();
+    publisher.await.unwrap();
+    let settle = Instant::now() + SETTLE;
+    let (mut replay, mut primary) = (Vec::new(), Vec::new());
+    loop {
+        replay.extend(drain_seqs(&url, &q.replay).await);
+        primary.extend(drain_seqs(&url, &q.primary).await);
+        if replay.len() + primary.len() >= N as usize || Instant::now() > settle {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "purged {purged}, replay {} (up to {:?}), primary {} (from {:?})",
+        replay.len(),
+        replay.iter().max(),
+        primary.len(),
+        primary.iter().min()
+    );
+    assert!(
+        !replay.is_empty() && !primary.is_empty(),
+        "the cut fell mid-stream"
+    );
+    let mut all: Vec<u32> = replay.iter().chain(&primary).copied().collect();
+    all.sort_unstable();
+    let n = all.len();
+    all.dedup();
+    assert_eq!(n - all.len(), 0, "messages in both queues");
+    assert_eq!(all, (0..N).collect::<Vec<_>>(), "messages lost");
+    // The cut is one point in the stream: everything before it in the replay queue.
+    assert!(replay.iter().max() < primary.iter().min());
+    m.delete_replay(&q).await.unwrap();
+    b.cleanup(&[&q.primary], &q.exchange).await;
+}
+
+/// A consumer on `queue` with `prefetch`, acking each delivery in order after 15 ms of
+/// "processing", until `stop`; returns the instant it acked the last message with a
+/// `seq` below `pre`.
+async fn slow_consumer(
+    url: String,
+    queue: String,
+    prefetch: u16,
+    pre: u32,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Instant {
+    use amqprs::channel::BasicQosArguments;
+    let c = Broker::connect(&url).await;
+    c.ch.basic_qos(BasicQosArguments::new(0, prefetch, false))
+        .await
+        .unwrap();
+    let (_t, mut rx) =
+        c.ch.basic_consume_rx(BasicConsumeArguments::new(&queue, "slow"))
+            .await
+            .unwrap();
+    let mut last_pre = None;
+    while !*stop.borrow() {
+        let Ok(Some(msg)) = tokio::time::timeout(Duration::from_millis(100), rx.recv()).await
+        else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_slice(msg.content.as_deref().unwrap()).unwrap();
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let tag = msg.deliver.unwrap().delivery_tag();
+        c.ch.basic_ack(BasicAckArguments::new(tag, false))
+            .await
+            .unwrap();
+        if v["seq"].as_u64().unwrap() < u64::from(pre) {
+            last_pre = Some(Instant::now());
+        }
+    }
+    let _ = c.conn.close().await;
+    last_pre.expect("the consumer acked the pre-binding messages")
+}
+
+#[tokio::test]
+async fn the_pre_checkpoint_condition_waits_for_every_prefetched_delivery_to_be_acked() {
+    let url = env::amqp_url();
+    for prefetch in [1u16, 10, 50] {
+        let q = names(&format!("backlog{prefetch}"));
+        let b = Broker::connect(&url).await;
+        b.declare_primary(&q.primary).await;
+        let m = env::messaging(&url, "backlog");
+        // 40 messages published before the binding, taken by a consumer that holds up
+        // to `prefetch` of them unacknowledged for 15 ms each; then a steady producer.
+        const PRE: u32 = 40;
+        for seq in 0..PRE {
+            b.publish("", &q.primary, seq).await;
+        }
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let consumer = tokio::spawn(slow_consumer(
+            url.clone(),
+            q.primary.clone(),
+            prefetch,
+            PRE,
+            stop.clone(),
+        ));
+        if prefetch > 1 {
+            // Everything delivered: ready depth 0, the rule that read depths alone
+            // called the backlog drained from here on.
+            wait_depth(&m, &q.primary, Some(0)).await;
+        }
+        let bound = Instant::now();
+        m.ensure_replay_topology(&q).await.unwrap();
+        let (url2, exchange, mut stop2) = (url.clone(), q.exchange.clone(), stop.clone());
+        let producer = tokio::spawn(async move {
+            let p = Broker::connect(&url2).await;
+            let mut seq = PRE;
+            while !*stop2.borrow_and_update() {
+                p.publish(&exchange, "", seq).await;
+                seq += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            let _ = p.conn.close().await;
+        });
+        let (settled_at, detail) = loop {
+            let check = m.pre_binding_backlog(&q, prefetch).await.unwrap();
+            if check.settled {
+                break (Instant::now(), check.detail);
+            }
+            assert!(
+                bound.elapsed() < SETTLE,
+                "prefetch {prefetch}: never settled: {}",
+                check.detail
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        stop_tx.send(true).unwrap();
+        producer.await.unwrap();
+        let last_ack = consumer.await.unwrap();
+        eprintln!(
+            "prefetch {prefetch}: last pre-binding ack {} ms after the binding, settled at {} ms ({detail})",
+            last_ack.duration_since(bound).as_millis(),
+            settled_at.duration_since(bound).as_millis()
+        );
+        assert!(
+            settled_at >= last_ack,
+            "prefetch {prefetch}: settled {} ms before the last pre-binding message was acknowledged",
+            last_ack.duration_since(settled_at).as_millis()
+        );
+        m.delete_replay(&q).await.unwrap();
+        b.cleanup(&[&q.primary], &q.exchange).await;
+    }
 }
 
 #[tokio::test]
@@ -231,7 +449,6 @@ async fn depth_polling_follows_a_consumer_draining_the_replay_queue() {
         b.publish(&q.exchange, "", seq).await;
     }
     wait_depth(&m, &q.replay, Some(30)).await;
-    m.unbind_replay(&q).await.unwrap();
 
     let url2 = url.clone();
     let replay = q.replay.clone();
@@ -362,7 +579,6 @@ async fn a_connection_cut_mid_replay_is_reopened_without_repeating_a_side_effect
     wait_depth(&m, &q.replay, Some(5)).await;
     assert_eq!(proxy.accepted(), 2, "exactly one reconnect");
     // ...and the replay ends as it would have.
-    m.unbind_replay(&q).await.unwrap();
     m.send_control(&q.control, &ControlMessage::EndReplay)
         .await
         .unwrap();
@@ -392,7 +608,8 @@ struct PrivateBroker {
 }
 
 impl PrivateBroker {
-    /// The script also uses port+20000 (Erlang distribution) and port+21000 (epmd).
+    /// The script also uses port+10000 (management), port+20000 (Erlang distribution)
+    /// and port+21000 (epmd).
     fn free_port() -> u16 {
         let seed = std::process::id() as u64
             ^ std::time::SystemTime::now()
@@ -402,7 +619,7 @@ impl PrivateBroker {
         (0..200)
             .map(|i| 12000 + ((seed + i * 7919) % 30000) as u16)
             .find(|p| {
-                [*p, p + 20000, p + 21000]
+                [*p, p + 10000, p + 20000, p + 21000]
                     .iter()
                     .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
             })

@@ -1,7 +1,9 @@
 //! `ms2m-shim migrate`'s driver end to end on real parts: two agents (in-process, real
 //! sockets), a counting busybox runc container in a network namespace, CRIU, the
-//! registry, and RabbitMQ. The queue is idle, so the replay is empty: what is checked
-//! is the orchestration — every phase on the real services, the source gone, the
+//! registry, and RabbitMQ. The queue is idle, so the replay is empty, and the counter
+//! is no AMQP consumer: the test consumes the replay queue in the target's place from
+//! `START_REPLAY` to `END_REPLAY` (the protocol stops the source only once the target
+//! consumes). What is checked is the orchestration — every phase on the real services, the source gone, the
 //! target running on from the checkpoint in the other namespace, the control messages
 //! on the wire, the replay queue removed; and a rollback that leaves the source serving.
 
@@ -115,6 +117,8 @@ impl Rig {
             insecure_registry: false,
             direct_target: agent_b.tcp.map(|a| format!("http://{a}")),
             broker_url: amqp,
+            management: env::management(),
+            source_prefetch: 1,
             queue,
             exchange: format!("{base}.x"),
             routing_key: String::new(),
@@ -139,10 +143,16 @@ impl Rig {
     }
 
     fn migrate(&self) -> Report {
+        let stand_in = self.rt.spawn(replay_consumer_stand_in(
+            self.settings.broker_url.clone(),
+            format!("{}.ms2m-replay", self.settings.queue),
+            format!("ms2m.control.{}", self.settings.control_name),
+        ));
         let report = self
             .rt
             .block_on(standalone::migrate(self.settings.clone(), false))
             .expect("broker URL accepted");
+        stand_in.abort();
         eprintln!("{}", standalone::timing_table(&report));
         report
     }
@@ -206,7 +216,8 @@ impl Rig {
             ("create_target", p.steps.create_target),
             ("start_replay", p.steps.start_replay),
             ("stop_source", p.steps.stop_source),
-            ("unbind_replay", p.steps.unbind_replay),
+            ("fence_primary", p.steps.fence_primary),
+            ("cut_over", p.steps.cut_over),
             ("end_replay", p.steps.end_replay),
             ("delete_replay", p.steps.delete_replay),
             ("remove_source", p.steps.remove_source),
@@ -295,6 +306,45 @@ impl Drop for Rig {
     }
 }
 
+/// Consumes the replay queue as the restored service would: from the moment
+/// `START_REPLAY` is waiting on the control queue until `END_REPLAY` joins it (the
+/// control messages themselves stay there for the test to read).
+async fn replay_consumer_stand_in(url: String, replay: String, control: String) {
+    let conn = Connection::open(&connection_args(&url).unwrap())
+        .await
+        .expect("rabbitmq-server reachable");
+    let depth = |name: String| {
+        let conn = &conn;
+        async move {
+            let ch = conn.open_channel(None).await.ok()?;
+            let mut args = QueueDeclareArguments::new(&name);
+            args.passive(true);
+            let n = ch.queue_declare(args).await.ok()??.1;
+            let _ = ch.close().await;
+            Some(n)
+        }
+    };
+    while depth(control.clone()).await.unwrap_or(0) < 1 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ch = conn.open_channel(None).await.unwrap();
+    let (_tag, mut rx) = ch
+        .basic_consume_rx(BasicConsumeArguments::new(&replay, "stand-in"))
+        .await
+        .unwrap();
+    while depth(control.clone()).await.unwrap_or(0) < 2 {
+        while let Ok(m) = rx.try_recv() {
+            let tag = m.deliver.unwrap().delivery_tag();
+            ch.basic_ack(BasicAckArguments::new(tag, false))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = ch.close().await;
+    let _ = conn.close().await;
+}
+
 #[test]
 fn standalone_migration_through_two_real_agents_and_the_registry() {
     let rig = Rig::new(false);
@@ -353,7 +403,8 @@ fn a_refused_restore_rolls_back_and_the_source_keeps_running() {
         "the rollback left the replay queue"
     );
     assert_eq!(rig.source.status().as_deref(), Some("running"));
-    let before = count_in(&rig.src_rootfs).unwrap();
+    // The counter rewrites its file every tick: a read can catch it empty.
+    let before = eventually(10, "the source's count", || count_in(&rig.src_rootfs));
     eventually(10, "the source to keep counting", || {
         count_in(&rig.src_rootfs).filter(|n| *n > before)
     });

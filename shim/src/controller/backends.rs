@@ -16,7 +16,7 @@ use crate::agent_client::{
 use crate::crd::StatefulMigrationSpec;
 use crate::driver::WorldError;
 use crate::engine::{JobView, QueueNames};
-use crate::messaging::{ControlMessage, Messaging, MessagingError};
+use crate::messaging::{ControlMessage, Messaging, MessagingError, QueueState};
 
 use super::api_calls::{self, ApiCall};
 
@@ -33,9 +33,17 @@ pub struct MigrationRef {
 #[async_trait::async_trait]
 pub trait Backends: Send + Sync {
     async fn ensure_replay_topology(&self, m: &MigrationRef) -> Result<(), WorldError>;
-    /// Ready messages in `queue`; `None` when it does not exist.
-    async fn queue_depth(&self, m: &MigrationRef, queue: &str) -> Result<Option<u64>, WorldError>;
-    async fn unbind_replay(&self, m: &MigrationRef) -> Result<(), WorldError>;
+    /// Ready messages and consumers of `queue` (current); `None` when it does not exist.
+    async fn queue_state(
+        &self,
+        m: &MigrationRef,
+        queue: &str,
+    ) -> Result<Option<QueueState>, WorldError>;
+    /// The pre-checkpoint condition (messaging's backlog probe).
+    async fn pre_binding_backlog_settled(&self, m: &MigrationRef) -> Result<bool, WorldError>;
+    /// Unbinds and purges the primary queue; returns the messages purged.
+    async fn fence_primary(&self, m: &MigrationRef) -> Result<u64, WorldError>;
+    async fn cut_over(&self, m: &MigrationRef) -> Result<(), WorldError>;
     async fn delete_replay(&self, m: &MigrationRef) -> Result<(), WorldError>;
     async fn send_control(
         &self,
@@ -165,7 +173,10 @@ fn view(job: &crate::agent_client::Job, output: Option<String>) -> JobView {
     match job.status {
         JobStatus::Queued | JobStatus::Running => JobView::Running,
         JobStatus::Succeeded => match output {
-            Some(output) => JobView::Succeeded { output },
+            Some(output) => JobView::Succeeded {
+                output,
+                finished_at: job.finished_at,
+            },
             None => JobView::Failed {
                 reason: format!("job {} succeeded without a result", job.id),
             },
@@ -277,8 +288,14 @@ impl ClusterBackends {
             (None, Some(r)) => self.secret_key(&m.namespace, &r.name, &r.key).await?,
             (None, None) => return Err(WorldError::permanent("no broker configured")),
         };
-        let b =
-            Arc::new(Messaging::new(&url, &format!("{}/{}", m.namespace, m.name)).map_err(mq_err)?);
+        let b = Arc::new(
+            Messaging::with_management(
+                &url,
+                &format!("{}/{}", m.namespace, m.name),
+                &mq.management(),
+            )
+            .map_err(mq_err)?,
+        );
         brokers.insert(m.uid.clone(), b.clone());
         Ok(b)
     }
@@ -294,18 +311,40 @@ impl Backends for ClusterBackends {
             .map_err(mq_err)
     }
 
-    async fn queue_depth(&self, m: &MigrationRef, queue: &str) -> Result<Option<u64>, WorldError> {
+    async fn queue_state(
+        &self,
+        m: &MigrationRef,
+        queue: &str,
+    ) -> Result<Option<QueueState>, WorldError> {
         self.broker(m)
             .await?
-            .queue_depth(queue)
+            .queue_state(queue)
             .await
             .map_err(mq_err)
     }
 
-    async fn unbind_replay(&self, m: &MigrationRef) -> Result<(), WorldError> {
+    async fn pre_binding_backlog_settled(&self, m: &MigrationRef) -> Result<bool, WorldError> {
+        let check = self
+            .broker(m)
+            .await?
+            .pre_binding_backlog(&m.queues, m.spec.message_queue_config.source_prefetch())
+            .await
+            .map_err(mq_err)?;
+        Ok(check.settled)
+    }
+
+    async fn fence_primary(&self, m: &MigrationRef) -> Result<u64, WorldError> {
         self.broker(m)
             .await?
-            .unbind_replay(&m.queues)
+            .fence_primary(&m.queues)
+            .await
+            .map_err(mq_err)
+    }
+
+    async fn cut_over(&self, m: &MigrationRef) -> Result<(), WorldError> {
+        self.broker(m)
+            .await?
+            .cut_over(&m.queues)
             .await
             .map_err(mq_err)
     }
@@ -376,6 +415,7 @@ impl Backends for ClusterBackends {
             {
                 JobView::Succeeded {
                     output: checkpoint_id.into(),
+                    finished_at: None,
                 }
             } else if job.is_some() {
                 JobView::NotStarted

@@ -17,7 +17,7 @@ use super::backends::{Backends, MigrationRef};
 use crate::crd::{StatefulMigration, StatefulMigrationStatus};
 use crate::driver::WorldError;
 use crate::engine::{JobView, Progress};
-use crate::messaging::ControlMessage;
+use crate::messaging::{ControlMessage, QueueState};
 
 type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
@@ -152,7 +152,9 @@ pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
 pub enum Call {
     Topology,
     Depth(String),
-    Unbind,
+    Backlog,
+    Fence,
+    CutOver,
     DeleteReplay,
     Control(String, ControlMessage),
     StartCheckpoint {
@@ -188,7 +190,10 @@ pub enum Call {
 #[derive(Default)]
 pub struct ScriptedBackends {
     pub calls: Mutex<Vec<Call>>,
+    /// Ready depths of the replay queue, one per observation that asks.
     pub depths: Mutex<VecDeque<Option<u64>>>,
+    /// `END_REPLAY` was sent: the target has left the replay queue.
+    pub end_replay_sent: Mutex<bool>,
     pub checkpoint_jobs: Mutex<VecDeque<JobView>>,
     pub push_jobs: Mutex<VecDeque<JobView>>,
     pub direct_jobs: Mutex<VecDeque<JobView>>,
@@ -213,17 +218,40 @@ impl Backends for ScriptedBackends {
         self.record(Call::Topology);
         Ok(())
     }
-    async fn queue_depth(&self, _: &MigrationRef, queue: &str) -> Result<Option<u64>, WorldError> {
+    /// The replay queue: a scripted depth, consumed by the target until `END_REPLAY`.
+    /// The primary queue: empty and without consumers (not recorded), as once the source
+    /// is gone.
+    async fn queue_state(
+        &self,
+        m: &MigrationRef,
+        queue: &str,
+    ) -> Result<Option<QueueState>, WorldError> {
+        if queue != m.queues.replay {
+            return Ok(Some(QueueState {
+                ready: 0,
+                consumers: 0,
+            }));
+        }
         self.record(Call::Depth(queue.to_owned()));
-        Ok(self
+        let depth = self
             .depths
             .lock()
             .unwrap()
             .pop_front()
-            .expect("a scripted depth"))
+            .expect("a scripted depth");
+        let consumers = u32::from(!*self.end_replay_sent.lock().unwrap());
+        Ok(depth.map(|ready| QueueState { ready, consumers }))
     }
-    async fn unbind_replay(&self, _: &MigrationRef) -> Result<(), WorldError> {
-        self.record(Call::Unbind);
+    async fn pre_binding_backlog_settled(&self, _: &MigrationRef) -> Result<bool, WorldError> {
+        self.record(Call::Backlog);
+        Ok(true)
+    }
+    async fn fence_primary(&self, _: &MigrationRef) -> Result<u64, WorldError> {
+        self.record(Call::Fence);
+        Ok(0)
+    }
+    async fn cut_over(&self, _: &MigrationRef) -> Result<(), WorldError> {
+        self.record(Call::CutOver);
         Ok(())
     }
     async fn delete_replay(&self, _: &MigrationRef) -> Result<(), WorldError> {
@@ -237,6 +265,9 @@ impl Backends for ScriptedBackends {
         msg: &ControlMessage,
     ) -> Result<(), WorldError> {
         self.record(Call::Control(q.into(), msg.clone()));
+        if *msg == ControlMessage::EndReplay {
+            *self.end_replay_sent.lock().unwrap() = true;
+        }
         Ok(())
     }
     async fn start_checkpoint(

@@ -144,8 +144,7 @@ async fn pending_validates_then_binds_the_replay_queue_before_the_checkpoint() {
         backends.calls(),
         vec![
             Call::Topology,
-            Call::Depth("orders".into()),
-            Call::Depth(REPLAY.into()),
+            Call::Backlog,
             Call::StartCheckpoint {
                 node: "node-a".into(),
                 pod: "counter-0".into(),
@@ -272,6 +271,7 @@ async fn a_finished_push_moves_to_restoring_and_creates_the_target_pod() {
         .unwrap()
         .push_back(JobView::Succeeded {
             output: IMAGE.into(),
+            finished_at: None,
         });
     let scenario = tokio::spawn(async move {
         // Entering Restoring, the target is known to be absent: no GET before creating.
@@ -417,12 +417,16 @@ async fn replay_cutoff_stops_the_source_then_finalizes() {
     p.steps.create_target = StepState::Done;
     p.steps.start_replay = StepState::Done;
     p.replay.started_at = Some(Timestamp::now() - SignedDuration::from_secs(90));
-    // Past the 60 s cutoff with 4 left; then drained.
-    backends
-        .depths
-        .lock()
-        .unwrap()
-        .extend([Some(4), Some(4), Some(0)]);
+    // Past the 60 s cutoff with 4 left; then caught up alone, then gone.
+    backends.depths.lock().unwrap().extend([
+        Some(4),
+        Some(4),
+        Some(0),
+        Some(0),
+        Some(0),
+        None,
+        None,
+    ]);
     let scenario = tokio::spawn(async move {
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.replay.stop_reason.as_deref(), Some("Cutoff"));
@@ -462,22 +466,27 @@ async fn replay_cutoff_stops_the_source_then_finalizes() {
         )
         .await;
         api.status_put(MIG_STATUS).await; // stop_source done
-        // Next round: unbind only once the source pod is gone.
+        // Next round: fence the primary queue only once the source pod is gone.
         api.not_found(Method::GET, &format!("{PODS}/counter-0"))
             .await;
         let st = api.status_put(MIG_STATUS).await;
-        assert_eq!(st.progress.steps.unbind_replay, StepState::Intended);
-        api.status_put(MIG_STATUS).await; // unbind done
-        // Drained: Finalizing.
+        assert_eq!(st.progress.steps.fence_primary, StepState::Intended);
+        api.status_put(MIG_STATUS).await; // fence done
+        // Caught up alone: Finalizing, which cuts over first.
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.phase, Phase::Finalizing);
+        assert_eq!(st.progress.steps.cut_over, StepState::Intended);
+        api.status_put(MIG_STATUS).await; // cut over
+        assert_eq!(api.event().await.0, "Finalizing");
+        api.status_put(MIG_STATUS).await; // END_REPLAY intended
         api.status_put(MIG_STATUS).await; // END_REPLAY done
+        api.status_put(MIG_STATUS).await; // delete intended (the target left)
         api.status_put(MIG_STATUS).await; // replay queue deleted
+        api.status_put(MIG_STATUS).await; // remove source intended
         // The source is already gone: a 404 is fine.
         api.not_found(Method::DELETE, &format!("{PODS}/counter-0"))
             .await;
         api.status_put(MIG_STATUS).await;
-        assert_eq!(api.event().await.0, "Finalizing");
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.phase, Phase::Completed);
         assert_eq!(st.conditions[0].status, "True");
@@ -491,10 +500,15 @@ async fn replay_cutoff_stops_the_source_then_finalizes() {
         then_checkpoints_deleted(vec![
             Call::Depth(REPLAY.into()),
             Call::Depth(REPLAY.into()),
-            Call::Unbind,
+            Call::Fence,
+            Call::Depth(REPLAY.into()),
+            Call::CutOver,
             Call::Depth(REPLAY.into()),
             Call::Control(format!("ms2m.control.{TARGET}"), ControlMessage::EndReplay),
+            Call::Depth(REPLAY.into()),
             Call::DeleteReplay,
+            Call::Depth(REPLAY.into()),
+            Call::Depth(REPLAY.into()),
         ])
     );
 }
@@ -614,12 +628,15 @@ async fn sequential_scales_the_statefulset_down_and_creates_its_pod_on_the_targe
 #[tokio::test]
 async fn sequential_finalizing_hands_the_target_back_to_its_statefulset() {
     let (ctx, mut api, backends) = test_context();
+    // The replay queue is gone already.
+    backends.depths.lock().unwrap().extend([None, None, None]);
     let mut p = progress_at(Phase::Finalizing, Strategy::Sequential, 1);
     for step in [
         &mut p.steps.stop_source,
         &mut p.steps.create_target,
         &mut p.steps.start_replay,
-        &mut p.steps.unbind_replay,
+        &mut p.steps.fence_primary,
+        &mut p.steps.cut_over,
         &mut p.steps.end_replay,
         &mut p.steps.delete_replay,
     ] {
@@ -669,7 +686,11 @@ async fn sequential_finalizing_hands_the_target_back_to_its_statefulset() {
     });
     *backends.delete_checkpoint_error.lock().unwrap() = Some("agent unreachable".into());
     run(sequential_migration(p), ctx, scenario).await.unwrap();
-    assert_eq!(backends.calls(), then_checkpoints_deleted(vec![]));
+    let replay = || Call::Depth(REPLAY.into());
+    assert_eq!(
+        backends.calls(),
+        then_checkpoints_deleted(vec![replay(), replay()])
+    );
 }
 
 #[tokio::test]
@@ -858,6 +879,7 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
         .unwrap()
         .push_back(JobView::Succeeded {
             output: CKPT.into(),
+            finished_at: None,
         });
     backends
         .direct_jobs
@@ -911,8 +933,7 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
         backends.calls(),
         vec![
             Call::Topology,
-            Call::Depth("orders".into()),
-            Call::Depth(REPLAY.into()),
+            Call::Backlog,
             Call::StartCheckpoint {
                 node: "node-a".into(),
                 pod: "counter-0".into(),
@@ -937,6 +958,7 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
         .unwrap()
         .push_back(JobView::Succeeded {
             output: LOCAL_IMAGE.into(),
+            finished_at: None,
         });
     let scenario = tokio::spawn(async move {
         let st = api.status_put(MIG_STATUS).await;
@@ -973,11 +995,15 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
 
     // 3: Running → replay, stop the source once caught up, finalize; the image stays (the
     // target runs from it).
-    backends
-        .depths
-        .lock()
-        .unwrap()
-        .extend([Some(0), Some(0), Some(0)]);
+    backends.depths.lock().unwrap().extend([
+        Some(0),
+        Some(0),
+        Some(0),
+        Some(0),
+        Some(0),
+        None,
+        None,
+    ]);
     let scenario = tokio::spawn(async move {
         api.get(
             &format!("{PODS}/{TARGET}"),
@@ -1016,16 +1042,20 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
         api.status_put(MIG_STATUS).await; // source stopped
         api.not_found(Method::GET, &format!("{PODS}/counter-0"))
             .await;
-        api.status_put(MIG_STATUS).await; // unbind intended
-        api.status_put(MIG_STATUS).await; // unbind done
+        api.status_put(MIG_STATUS).await; // fence intended
+        api.status_put(MIG_STATUS).await; // fence done
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.phase, Phase::Finalizing);
-        api.status_put(MIG_STATUS).await; // END_REPLAY
+        api.status_put(MIG_STATUS).await; // cut over
+        assert_eq!(api.event().await.0, "Finalizing");
+        api.status_put(MIG_STATUS).await; // END_REPLAY intended
+        api.status_put(MIG_STATUS).await; // END_REPLAY sent
+        api.status_put(MIG_STATUS).await; // delete intended
         api.status_put(MIG_STATUS).await; // replay queue deleted
+        api.status_put(MIG_STATUS).await; // remove source intended
         api.not_found(Method::DELETE, &format!("{PODS}/counter-0"))
             .await;
         api.status_put(MIG_STATUS).await;
-        assert_eq!(api.event().await.0, "Finalizing");
         let st = api.status_put(MIG_STATUS).await;
         assert_eq!(st.progress.phase, Phase::Completed);
         assert_eq!(st.progress.checkpoint_image.as_deref(), Some(LOCAL_IMAGE));
@@ -1034,7 +1064,11 @@ async fn a_direct_migration_imports_on_the_target_node_and_runs_the_local_image(
     });
     let (action, ()) = reconcile_with(direct_migration(Some(st.progress)), ctx, scenario).await;
     assert_eq!(action, kube::runtime::controller::Action::await_change());
-    let calls = backends.calls();
+    let calls: Vec<Call> = backends
+        .calls()
+        .into_iter()
+        .filter(|c| !matches!(c, Call::Depth(_)))
+        .collect();
     assert!(
         !calls.iter().any(|c| matches!(c, Call::DeleteImage { .. })),
         "{calls:?}"

@@ -104,6 +104,27 @@ impl KubeWorld {
         Ok(pod)
     }
 
+    /// Ready depth and consumers of the replay queue, and with `primary` the consumers
+    /// of the primary queue: current counts, not statistics.
+    async fn observe_queues(
+        &self,
+        plan: &Plan,
+        obs: &mut Observation,
+        primary: bool,
+    ) -> Result<(), WorldError> {
+        let b = &self.ctx.backends;
+        let replay = b.queue_state(&self.m, &plan.queues.replay).await?;
+        obs.replay_depth = replay.map(|q| q.ready);
+        obs.replay_consumers = replay.map(|q| q.consumers);
+        if primary {
+            obs.primary_consumers = b
+                .queue_state(&self.m, &plan.queues.primary)
+                .await?
+                .map(|q| q.consumers);
+        }
+        Ok(())
+    }
+
     async fn source_view(&mut self) -> Result<Option<SourceView>, WorldError> {
         let Some(pod) = self.fetch_source().await? else {
             return Ok(None);
@@ -553,9 +574,12 @@ impl World for KubeWorld {
                 if progress.steps.replay_topology == StepState::Done
                     && progress.steps.checkpoint == StepState::NotStarted =>
             {
-                let b = &self.ctx.backends;
-                obs.primary_depth = b.queue_depth(&self.m, &plan.queues.primary).await?;
-                obs.replay_depth = b.queue_depth(&self.m, &plan.queues.replay).await?;
+                obs.backlog_settled = Some(
+                    self.ctx
+                        .backends
+                        .pre_binding_backlog_settled(&self.m)
+                        .await?,
+                );
             }
             Phase::Checkpointing if progress.steps.checkpoint != StepState::NotStarted => {
                 obs.checkpoint = self
@@ -587,16 +611,13 @@ impl World for KubeWorld {
             Phase::Replaying => {
                 obs.target = TargetView::Running;
                 if progress.steps.stop_source == StepState::Done
-                    && progress.steps.unbind_replay != StepState::Done
+                    && progress.steps.fence_primary != StepState::Done
                 {
                     obs.source = self.source_view().await?;
                 }
-                obs.replay_depth = self
-                    .ctx
-                    .backends
-                    .queue_depth(&self.m, &plan.queues.replay)
-                    .await?;
+                self.observe_queues(plan, &mut obs, true).await?;
             }
+            Phase::Finalizing => self.observe_queues(plan, &mut obs, false).await?,
             _ => {}
         }
         Ok(obs)
@@ -702,7 +723,12 @@ impl World for KubeWorld {
                 )
                 .await
             }
-            Action::UnbindReplay => b.unbind_replay(&self.m).await,
+            Action::FencePrimary => {
+                let purged = b.fence_primary(&self.m).await?;
+                *progress.replay.purged_duplicates.get_or_insert(0) += purged;
+                Ok(())
+            }
+            Action::CutOver => b.cut_over(&self.m).await,
             Action::SendEndReplay { control_queue } => {
                 b.send_control(&self.m, control_queue, &ControlMessage::EndReplay)
                     .await

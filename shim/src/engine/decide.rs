@@ -127,11 +127,27 @@ impl Step<'_> {
     }
 
     fn enter(&mut self, to: Phase, note: String) {
+        self.enter_at(to, note, self.obs.now);
+    }
+
+    /// Enters `to` as of `at`: the moment the work that ends the current phase really
+    /// ended (an agent job's own finish time), clamped between the current phase's start
+    /// and this observation, so a skewed agent clock cannot make a phase negative or end
+    /// in the future.
+    fn enter_at(&mut self, to: Phase, note: String, at: Timestamp) {
         let now = self.obs.now;
+        let floor = self
+            .p
+            .phase_timings
+            .last()
+            .map(|t| t.started_at)
+            .or(self.p.phase_started_at)
+            .unwrap_or(now);
+        let at = at.clamp(floor.min(now), now);
         if let Some(last) = self.p.phase_timings.last_mut()
             && last.duration_ms.is_none()
         {
-            last.duration_ms = Some(ms(since_ms(last.started_at, now)));
+            last.duration_ms = Some(ms(since_ms(last.started_at, at)));
         }
         self.transitions.push(Transition {
             from: self.p.phase,
@@ -139,14 +155,14 @@ impl Step<'_> {
             note,
         });
         self.p.phase = to;
-        self.p.phase_started_at = Some(now);
+        self.p.phase_started_at = Some(at);
         if to.is_terminal() {
-            self.p.completion_time = Some(now);
+            self.p.completion_time = Some(at);
             self.next = Next::Stop;
         } else {
             self.p.phase_timings.push(PhaseTiming {
                 phase: to,
-                started_at: now,
+                started_at: at,
                 duration_ms: None,
             });
             self.next = Next::Now;
@@ -231,9 +247,16 @@ impl Step<'_> {
 
     fn checkpointing(&mut self) {
         match self.obs.checkpoint.clone() {
-            JobView::Succeeded { output } => {
+            JobView::Succeeded {
+                output,
+                finished_at,
+            } => {
                 self.p.checkpoint_id = Some(output.clone());
-                self.enter(Phase::Transferring, format!("checkpoint {output} taken"));
+                self.enter_at(
+                    Phase::Transferring,
+                    format!("checkpoint {output} taken"),
+                    finished_at.unwrap_or(self.obs.now),
+                );
                 return self.transferring();
             }
             JobView::Failed { reason } => {
@@ -263,15 +286,11 @@ impl Step<'_> {
         if self.p.steps.checkpoint == StepState::NotStarted {
             // Messages published before the binding are only in the primary queue; the
             // checkpoint must already contain their effect, or the target never sees
-            // them (the source acks them, the replay queue never had them). With FIFO
-            // delivery, fewer ready messages in the primary queue than in the replay
-            // queue proves the source has moved past them; an empty primary queue too.
-            let drained = match (self.obs.primary_depth, self.obs.replay_depth) {
-                (Some(0), Some(_)) => true,
-                (Some(p), Some(r)) => p < r,
-                _ => false,
-            };
-            if !drained {
+            // them (the source acks them, the replay queue never had them). Ready depth
+            // alone cannot tell: a consumer with prefetch holds up to its prefetch
+            // unacknowledged. The messaging layer decides from fresh broker statistics
+            // (docs/migration-protocol.md, "The pre-checkpoint condition").
+            if self.obs.backlog_settled != Some(true) {
                 self.next = Next::After(REPLAY_POLL);
                 return;
             }
@@ -284,11 +303,15 @@ impl Step<'_> {
 
     fn transferring(&mut self) {
         match self.obs.transfer.clone() {
-            JobView::Succeeded { output } => {
+            JobView::Succeeded {
+                output,
+                finished_at,
+            } => {
                 self.p.checkpoint_image = Some(output.clone());
-                self.enter(
+                self.enter_at(
                     Phase::Restoring,
                     format!("checkpoint available as {output}"),
+                    finished_at.unwrap_or(self.obs.now),
                 );
                 return self.restoring();
             }
@@ -362,6 +385,7 @@ impl Step<'_> {
             return self.fail(self.timeout_reason(&why));
         }
         if self.strategy() == Strategy::Sequential {
+            self.record_primary_consumers();
             self.want(Action::StopSource);
             if self.p.steps.stop_source != StepState::Done {
                 return;
@@ -406,78 +430,127 @@ impl Step<'_> {
             });
             return;
         }
-        let stopped = self.p.steps.stop_source == StepState::Done
-            && self.p.steps.unbind_replay == StepState::Done;
-        if !stopped {
+        // An empty replay queue says nothing while nobody consumes it: a restored consumer
+        // may still sleep before it reconnects. The source stops only once the target
+        // consumes, in every mode.
+        let consuming = self.obs.replay_consumers.is_some_and(|c| c >= 1);
+        let caught_up = consuming && self.obs.replay_depth == Some(0);
+        if self.p.steps.stop_source != StepState::Done {
             let replay_started = self.p.replay.started_at.unwrap_or(self.obs.now);
             let replaying_for = since_ms(replay_started, self.obs.now);
             // Once decided, the stop goes through whatever the depth does next.
             let reason = match (&self.p.replay.stop_reason, self.plan.replay_mode) {
                 (Some(r), _) => Some(r.clone()),
+                _ if !consuming => None,
                 (None, ReplayMode::Drain) => Some("Drain".to_owned()),
-                (None, ReplayMode::Cutoff) if self.obs.replay_depth == Some(0) => {
-                    Some("CaughtUp".to_owned())
-                }
+                (None, ReplayMode::Cutoff) if caught_up => Some("CaughtUp".to_owned()),
                 (None, ReplayMode::Cutoff) if replaying_for >= self.plan.replay_cutoff => {
                     Some("Cutoff".to_owned())
                 }
                 (None, ReplayMode::Cutoff) => None,
             };
-            match reason {
-                Some(reason) => {
-                    if self.p.replay.stop_reason.is_none() {
-                        self.p.replay.stop_reason = Some(reason);
-                        self.p.replay.source_stopped_at = Some(self.obs.now);
-                    }
-                    if self.want(Action::StopSource) {
-                        return;
-                    }
-                    // The replay queue may stop receiving only once nothing consumes the
-                    // primary queue any more: a pod in its termination grace period still
-                    // does, and a message it takes after the unbind is in neither queue
-                    // for the target.
-                    if self.obs.source.is_some() {
-                        let since = self.p.replay.source_stopped_at.unwrap_or(self.obs.now);
-                        if since_ms(since, self.obs.now) >= self.plan.phase_timeout {
-                            return self.fail(self.timeout_reason("the source did not stop"));
-                        }
-                        self.next = Next::After(POLL);
-                        return;
-                    }
-                    self.want(Action::UnbindReplay);
+            let Some(reason) = reason else {
+                if self.timed_out() {
+                    let what = if consuming {
+                        "the target did not catch up"
+                    } else {
+                        "the target did not start consuming the replay queue"
+                    };
+                    return self.fail(self.timeout_reason(what));
                 }
-                None => {
-                    if self.timed_out() {
-                        return self.fail(self.timeout_reason("the target did not catch up"));
-                    }
-                    self.next = Next::After(REPLAY_POLL);
-                }
+                self.next = Next::After(REPLAY_POLL);
+                return;
+            };
+            if self.p.replay.stop_reason.is_none() {
+                self.p.replay.stop_reason = Some(reason);
+                self.p.replay.source_stopped_at = Some(self.obs.now);
             }
+            self.record_primary_consumers();
+            self.want(Action::StopSource);
             return;
         }
-        if self.obs.replay_depth == Some(0) {
-            self.enter(Phase::Finalizing, "replay queue drained".into());
+        let stopped_at = self.p.replay.source_stopped_at.unwrap_or(self.obs.now);
+        let since_stop = since_ms(stopped_at, self.obs.now);
+        if self.p.steps.fence_primary != StepState::Done {
+            // The fence may purge the primary queue only once nothing consumes it any
+            // more: a pod in its termination grace period still does, and its unacked
+            // deliveries come back to the primary queue when its channel closes.
+            let source_channel_closed = match (
+                self.p.replay.primary_consumers_at_stop,
+                self.obs.primary_consumers,
+            ) {
+                (_, None) => false,
+                (Some(before), Some(now)) => now < before || now == 0,
+                (None, Some(now)) => now == 0,
+            };
+            if self.obs.source.is_some() || !source_channel_closed {
+                if since_stop >= self.plan.phase_timeout {
+                    let what = if self.obs.source.is_some() {
+                        "the source did not stop"
+                    } else {
+                        "the source's broker connection did not close"
+                    };
+                    return self.fail(self.timeout_reason(what));
+                }
+                self.next = Next::After(REPLAY_POLL);
+                return;
+            }
+            self.want(Action::FencePrimary);
+            return;
+        }
+        if caught_up {
+            self.enter(Phase::Finalizing, "target caught up, source gone".into());
             return self.finalizing();
         }
-        // After the cutoff the clock restarts: draining the finite rest has its own budget.
-        let stopped_at = self.p.replay.source_stopped_at.unwrap_or(self.obs.now);
-        if since_ms(stopped_at, self.obs.now) >= self.plan.phase_timeout {
-            return self.fail(self.timeout_reason("the replay queue did not drain"));
+        // After the source stopped the clock restarts: catching up alone has its own budget.
+        if since_stop >= self.plan.phase_timeout {
+            return self.fail(self.timeout_reason("the target did not catch up"));
         }
         self.next = Next::After(REPLAY_POLL);
+    }
+
+    /// Remembers how many consumers the primary queue had when the source was told to
+    /// stop, so the fence can tell when the source's channel is gone.
+    fn record_primary_consumers(&mut self) {
+        if self.p.replay.primary_consumers_at_stop.is_none() {
+            self.p.replay.primary_consumers_at_stop = self.obs.primary_consumers;
+        }
     }
 
     fn finalizing(&mut self) {
         if self.timed_out() {
             return self.fail(self.timeout_reason("finalizing did not complete"));
         }
-        self.want(Action::SendEndReplay {
+        if self.want(Action::CutOver) {
+            return;
+        }
+        if self.p.replay.cut_over_at.is_none() {
+            self.p.replay.cut_over_at = Some(self.obs.now);
+        }
+        if self.want(Action::SendEndReplay {
             control_queue: self.plan.queues.control.clone(),
-        });
-        self.want(Action::DeleteReplayQueue);
+        }) {
+            return;
+        }
+        // The replay queue goes only once the target has left it with nothing behind:
+        // a message it held unacknowledged and gave back would be lost with the queue.
+        if self.p.steps.delete_replay != StepState::Done {
+            // Gone already: deleted by an attempt whose outcome was not recorded.
+            let left = match (self.obs.replay_depth, self.obs.replay_consumers) {
+                (None, _) => true,
+                (Some(depth), consumers) => depth == 0 && consumers == Some(0),
+            };
+            if !left {
+                self.next = Next::After(REPLAY_POLL);
+                return;
+            }
+            if self.want(Action::DeleteReplayQueue) {
+                return;
+            }
+        }
         self.want(Action::RemoveSource);
         let s = &self.p.steps;
-        if [s.end_replay, s.delete_replay, s.remove_source]
+        if [s.cut_over, s.end_replay, s.delete_replay, s.remove_source]
             .iter()
             .all(|st| *st == StepState::Done)
         {

@@ -100,7 +100,7 @@ fn at_phase(phase: Phase, strategy: Strategy) -> Progress {
     if reached(Phase::Replaying) {
         p.steps.start_replay = StepState::Done;
         p.steps.stop_source = StepState::Done;
-        p.steps.unbind_replay = StepState::Done;
+        p.steps.fence_primary = StepState::Done;
     }
     p
 }
@@ -268,6 +268,7 @@ fn checkpointing_table() {
             steps_done: true,
             job: JobView::Succeeded {
                 output: "mig-1".into(),
+                finished_at: None,
             },
             now: 2,
             phase: Phase::Transferring,
@@ -318,8 +319,7 @@ fn a_checkpoint_is_never_requested_without_the_replay_topology_first() {
         let mut p = at_phase(Phase::Checkpointing, Strategy::ShadowPod);
         p.steps.replay_topology = topo;
         let obs = Observation {
-            primary_depth: Some(0),
-            replay_depth: Some(0),
+            backlog_settled: Some(true),
             ..healthy(t(1))
         };
         let d = decide(&plan(), &p, &obs);
@@ -329,22 +329,12 @@ fn a_checkpoint_is_never_requested_without_the_replay_topology_first() {
 
 #[test]
 fn the_checkpoint_waits_for_the_source_to_consume_the_pre_binding_backlog() {
-    // (primary ready, replay ready) -> checkpoint now?
-    let cases = [
-        (Some(7), Some(5), false),
-        (Some(5), Some(5), false),
-        (Some(4), Some(5), true),
-        (Some(0), Some(0), true),
-        (Some(0), Some(3), true),
-        (None, Some(3), false),
-        (Some(0), None, false),
-    ];
-    for (primary, replay, go) in cases {
+    // The messaging layer's verdict (from fresh statistics) -> checkpoint now?
+    for (settled, go) in [(Some(true), true), (Some(false), false), (None, false)] {
         let mut p = at_phase(Phase::Checkpointing, Strategy::ShadowPod);
         p.steps.replay_topology = StepState::Done;
         let obs = Observation {
-            primary_depth: primary,
-            replay_depth: replay,
+            backlog_settled: settled,
             ..healthy(t(1))
         };
         let d = decide(&plan(), &p, &obs);
@@ -354,11 +344,11 @@ fn the_checkpoint_waits_for_the_source_to_consume_the_pre_binding_backlog() {
                 vec![Action::StartCheckpoint {
                     checkpoint_id: "mig-1".into()
                 }],
-                "{primary:?}/{replay:?}"
+                "{settled:?}"
             );
             assert_eq!(d.progress.replay.backlog_drained_at, Some(t(1)));
         } else {
-            assert!(d.actions.is_empty(), "{primary:?}/{replay:?}");
+            assert!(d.actions.is_empty(), "{settled:?}");
             assert_eq!(d.next, Next::After(REPLAY_POLL));
         }
     }
@@ -366,8 +356,7 @@ fn the_checkpoint_waits_for_the_source_to_consume_the_pre_binding_backlog() {
     let mut p = at_phase(Phase::Checkpointing, Strategy::ShadowPod);
     p.steps.replay_topology = StepState::Done;
     let obs = Observation {
-        primary_depth: Some(9),
-        replay_depth: Some(1),
+        backlog_settled: Some(false),
         ..healthy(t(200))
     };
     let d = decide(&plan(), &p, &obs);
@@ -381,6 +370,38 @@ fn the_checkpoint_waits_for_the_source_to_consume_the_pre_binding_backlog() {
     );
 }
 
+#[test]
+fn a_phase_ends_when_its_job_finished_not_when_the_driver_noticed() {
+    let mut p = at_phase(Phase::Checkpointing, Strategy::ShadowPod);
+    p.steps.replay_topology = StepState::Done;
+    p.steps.checkpoint = StepState::Done;
+    let finished = t(0) + jiff::SignedDuration::from_millis(230);
+    let obs = Observation {
+        checkpoint: JobView::Succeeded {
+            output: "mig-1".into(),
+            finished_at: Some(finished),
+        },
+        ..healthy(t(2))
+    };
+    let d = decide(&plan(), &p, &obs);
+    assert_eq!(d.progress.phase, Phase::Transferring);
+    assert_eq!(d.progress.phase_timings[0].duration_ms, Some(230));
+    assert_eq!(d.progress.phase_timings[1].started_at, finished);
+    assert_eq!(d.progress.phase_started_at, Some(finished));
+    // An agent clock ahead of ours, or behind the phase start, is clamped.
+    for (skewed, expect_ms) in [(t(9), 2000), (t(-5), 0)] {
+        let obs = Observation {
+            checkpoint: JobView::Succeeded {
+                output: "mig-1".into(),
+                finished_at: Some(skewed),
+            },
+            ..healthy(t(2))
+        };
+        let d = decide(&plan(), &p, &obs);
+        assert_eq!(d.progress.phase_timings[0].duration_ms, Some(expect_ms));
+    }
+}
+
 // ---------- Transferring ----------
 
 #[test]
@@ -390,6 +411,7 @@ fn transferring_table() {
         (
             JobView::Succeeded {
                 output: "reg:5000/ckpt/counter:mig-1".into(),
+                finished_at: None,
             },
             5,
             Phase::Restoring,
@@ -476,6 +498,7 @@ fn a_recorded_import_reference_wins_over_the_plan() {
     let obs = Observation {
         transfer: JobView::Succeeded {
             output: "localhost/ms2m/default/mig:older".into(),
+            finished_at: None,
         },
         ..healthy(t(2))
     };
@@ -633,22 +656,37 @@ fn replaying(
     started: bool,
     stopped: bool,
 ) -> Decision {
+    replaying_with(mode, depth, Some(1), now, started, stopped)
+}
+
+fn replaying_with(
+    mode: ReplayMode,
+    depth: Option<u64>,
+    replay_consumers: Option<u32>,
+    now: i64,
+    started: bool,
+    stopped: bool,
+) -> Decision {
     let pl = Plan {
         replay_mode: mode,
         ..plan()
     };
     let mut p = at_phase(Phase::Replaying, Strategy::ShadowPod);
+    p.steps.stop_source = StepState::NotStarted;
+    p.steps.fence_primary = StepState::NotStarted;
     if started {
         p.steps.start_replay = StepState::Done;
         p.replay.started_at = Some(t(0));
     }
     if stopped {
         p.steps.stop_source = StepState::Done;
-        p.steps.unbind_replay = StepState::Done;
+        p.steps.fence_primary = StepState::Done;
         p.replay.source_stopped_at = Some(t(0));
     }
     let obs = Observation {
         replay_depth: depth,
+        replay_consumers,
+        primary_consumers: Some(1),
         target: TargetView::Running,
         ..healthy(t(now))
     };
@@ -732,7 +770,7 @@ fn replaying_table() {
             Some("Drain"),
         ),
         (
-            "draining",
+            "catching up alone",
             Cutoff,
             Some(3),
             40,
@@ -743,20 +781,14 @@ fn replaying_table() {
             None,
         ),
         (
-            "drained",
+            "caught up alone: the cut-over comes first",
             Cutoff,
             Some(0),
             40,
             true,
             true,
             Phase::Finalizing,
-            vec![
-                Action::SendEndReplay {
-                    control_queue: "ms2m.control.counter-ms2m".into(),
-                },
-                Action::DeleteReplayQueue,
-                Action::RemoveSource,
-            ],
+            vec![Action::CutOver],
             None,
         ),
     ];
@@ -771,41 +803,74 @@ fn replaying_table() {
 }
 
 #[test]
-fn the_replay_queue_is_unbound_only_once_the_source_is_gone() {
+fn an_empty_replay_queue_nobody_consumes_is_not_caught_up() {
+    // The restored consumer sleeps before it reconnects: depth 0, no consumer. Neither
+    // Cutoff nor Drain may stop the source yet, not even past the cutoff.
+    for mode in [ReplayMode::Cutoff, ReplayMode::Drain] {
+        for (consumers, now) in [(Some(0), 1), (None, 1), (Some(0), 31)] {
+            let d = replaying_with(mode, Some(0), consumers, now, true, false);
+            assert!(d.actions.is_empty(), "{mode:?} {consumers:?} at {now}");
+            assert_eq!(d.progress.replay.stop_reason, None);
+        }
+        let d = replaying_with(mode, Some(0), Some(1), 1, true, false);
+        assert_eq!(d.actions, vec![Action::StopSource], "{mode:?}");
+    }
+    // A target that never consumes fails the migration before the point of no return.
+    let d = replaying_with(ReplayMode::Cutoff, Some(4), Some(0), 121, true, false);
+    assert_eq!(d.progress.phase, Phase::RollingBack);
+    let f = d.progress.failure.unwrap();
+    assert!(f.reason.contains("did not start consuming"), "{f:?}");
+}
+
+#[test]
+fn the_primary_queue_is_fenced_only_once_the_source_channel_is_gone() {
     let mut p = at_phase(Phase::Replaying, Strategy::ShadowPod);
+    p.steps.stop_source = StepState::NotStarted;
+    p.steps.fence_primary = StepState::NotStarted;
     p.steps.start_replay = StepState::Done;
-    p.steps.stop_source = StepState::Done;
     p.replay.started_at = Some(t(0));
-    p.replay.stop_reason = Some("CaughtUp".into());
-    p.replay.source_stopped_at = Some(t(10));
-    // Terminating (still there), with new messages in the replay queue: keep going.
+    // The stop is decided with the source consuming the primary queue: remembered.
     let obs = Observation {
-        replay_depth: Some(3),
-        ..healthy(t(11))
+        replay_depth: Some(0),
+        replay_consumers: Some(1),
+        primary_consumers: Some(1),
+        ..healthy(t(10))
     };
     let d = decide(&plan(), &p, &obs);
+    assert_eq!(d.actions, vec![Action::StopSource]);
+    let mut p = d.progress;
+    assert_eq!(p.replay.primary_consumers_at_stop, Some(1));
+    mark_done(&mut p, &Action::StopSource);
+    // Terminating (still there): keep going, the target keeps replaying.
+    let waiting = |now: i64, source: bool, primary: Option<u32>| Observation {
+        replay_depth: Some(3),
+        replay_consumers: Some(1),
+        primary_consumers: primary,
+        source: source.then(|| src("node-a")),
+        ..healthy(t(now))
+    };
+    let d = decide(&plan(), &p, &waiting(11, true, Some(1)));
     assert!(d.actions.is_empty());
-    assert_eq!(d.next, Next::After(POLL));
-    // Gone: unbind.
-    let obs = Observation {
-        replay_depth: Some(3),
-        source: None,
-        ..healthy(t(12))
-    };
-    assert_eq!(
-        decide(&plan(), &p, &obs).actions,
-        vec![Action::UnbindReplay]
-    );
+    assert_eq!(d.next, Next::After(REPLAY_POLL));
+    // Gone, but the broker has not seen its channel close yet: its prefetch would come
+    // back to the primary queue after a purge.
+    let d = decide(&plan(), &p, &waiting(12, false, Some(1)));
+    assert!(d.actions.is_empty());
+    // Channel closed: fence.
+    let d = decide(&plan(), &p, &waiting(12, false, Some(0)));
+    assert_eq!(d.actions, vec![Action::FencePrimary]);
     // Never goes: past the point of no return, fail without rollback.
-    let obs = Observation {
-        replay_depth: Some(3),
-        ..healthy(t(10 + 120))
-    };
-    let d = decide(&plan(), &p, &obs);
+    let d = decide(&plan(), &p, &waiting(10 + 120, true, Some(1)));
     assert_eq!(d.progress.phase, Phase::Failed);
     let f = d.progress.failure.unwrap();
     assert!(
         f.reason.contains("the source did not stop") && !f.rolled_back,
+        "{f:?}"
+    );
+    let d = decide(&plan(), &p, &waiting(10 + 120, false, Some(1)));
+    let f = d.progress.failure.unwrap();
+    assert!(
+        f.reason.contains("broker connection did not close"),
         "{f:?}"
     );
 }
@@ -829,13 +894,13 @@ fn replay_counters_track_depth() {
 
 #[test]
 fn failure_after_cutoff_keeps_target_and_queue() {
-    // Drain never finishes: past the point of no return there is no rollback.
+    // The target never catches up alone: past the point of no return, no rollback.
     let d = replaying(ReplayMode::Cutoff, Some(3), 121, true, true);
     assert_eq!(d.progress.phase, Phase::Failed);
     assert!(d.actions.is_empty());
     let f = d.progress.failure.unwrap();
     assert!(!f.rolled_back);
-    assert!(f.reason.contains("did not drain"), "{}", f.reason);
+    assert!(f.reason.contains("did not catch up"), "{}", f.reason);
 }
 
 #[test]
@@ -870,17 +935,40 @@ fn failure_before_cutoff_rolls_back() {
 // ---------- Finalizing / RollingBack / terminal ----------
 
 #[test]
-fn finalizing_completes_when_all_steps_are_done() {
+fn finalizing_cuts_over_then_ends_replay_then_deletes_the_left_queue() {
     let mut p = at_phase(Phase::Finalizing, Strategy::ShadowPod);
-    let d = decide(&plan(), &p, &healthy(t(1)));
-    assert_eq!(d.actions.len(), 3);
-    for a in &d.actions {
-        mark_done(&mut p, a);
-    }
-    let d = decide(&plan(), &p, &healthy(t(2)));
+    let at = |now: i64, depth: u64, consumers: u32| Observation {
+        replay_depth: Some(depth),
+        replay_consumers: Some(consumers),
+        ..healthy(t(now))
+    };
+    let expect = |now: i64, obs: Observation, actions: Vec<Action>, p: &mut Progress| {
+        let d = decide(&plan(), p, &obs);
+        assert_eq!(d.actions, actions, "at {now}");
+        *p = d.progress;
+        for a in &d.actions {
+            mark_done(p, a);
+        }
+    };
+    expect(1, at(1, 0, 1), vec![Action::CutOver], &mut p);
+    expect(
+        1,
+        at(1, 0, 1),
+        vec![Action::SendEndReplay {
+            control_queue: "ms2m.control.counter-ms2m".into(),
+        }],
+        &mut p,
+    );
+    // The target still holds the replay queue (or gave messages back): keep it.
+    expect(2, at(2, 0, 1), vec![], &mut p);
+    expect(2, at(2, 2, 0), vec![], &mut p);
+    expect(3, at(3, 0, 0), vec![Action::DeleteReplayQueue], &mut p);
+    expect(3, at(3, 0, 0), vec![Action::RemoveSource], &mut p);
+    let d = decide(&plan(), &p, &healthy(t(4)));
     assert_eq!(d.progress.phase, Phase::Completed);
     assert_eq!(d.next, Next::Stop);
     assert!(d.progress.completion_time.is_some());
+    assert!(d.progress.replay.cut_over_at.is_some());
 }
 
 #[test]
@@ -963,6 +1051,7 @@ fn phase_timings_close_on_each_transition() {
     let obs = Observation {
         checkpoint: JobView::Succeeded {
             output: "mig-1".into(),
+            finished_at: None,
         },
         ..healthy(t(3))
     };
@@ -1000,7 +1089,10 @@ fn progress_round_trips_through_json() {
 struct World {
     tick: i64,
     topology: bool,
-    unbound: bool,
+    /// The primary queue is unbound and purged.
+    fenced: bool,
+    /// The exchange feeds the primary queue again, not the replay queue.
+    cut_over: bool,
     checkpoint_started_at: Option<i64>,
     transfer_started_at: Option<i64>,
     target_created_at: Option<i64>,
@@ -1042,6 +1134,7 @@ impl World {
             },
             Some(_) => JobView::Succeeded {
                 output: output.into(),
+                finished_at: None,
             },
         };
         let target = match self.target_created_at {
@@ -1063,7 +1156,13 @@ impl World {
             transfer: job(self.transfer_started_at, &self.transfer_output, false),
             target,
             replay_depth: self.topology.then_some(self.backlog),
-            primary_depth: Some(self.pre_backlog),
+            // The restored target subscribes to the replay queue once told, and leaves it
+            // after END_REPLAY; the source consumes the primary queue while it lives.
+            replay_consumers: Some(u32::from(
+                self.start_replay_sent > 0 && self.end_replay_sent == 0,
+            )),
+            primary_consumers: Some(u32::from(self.source_alive)),
+            backlog_settled: Some(self.pre_backlog == 0),
             ..Observation::at(now)
         }
     }
@@ -1093,18 +1192,22 @@ impl World {
                 assert!(self.target_created_at.is_some());
                 self.start_replay_sent += 1;
             }
-            Action::UnbindReplay => {
+            Action::FencePrimary => {
                 assert!(
                     !self.source_alive,
-                    "unbound while the source still consumes"
+                    "primary purged while the source still consumes"
                 );
-                self.unbound = true;
+                self.fenced = true;
+            }
+            Action::CutOver => {
+                assert!(
+                    self.fenced && self.backlog == 0,
+                    "cut over before the target caught up alone"
+                );
+                self.cut_over = true;
             }
             Action::SendEndReplay { .. } => {
-                assert!(
-                    self.unbound && self.backlog == 0,
-                    "END_REPLAY before the replay queue drained"
-                );
+                assert!(self.cut_over, "END_REPLAY before the cut-over");
                 self.end_replay_sent += 1;
             }
             Action::DeleteReplayQueue => {

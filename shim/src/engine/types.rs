@@ -53,13 +53,13 @@ impl std::fmt::Display for Phase {
 /// How the replay ends.
 #[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReplayMode {
-    /// The source keeps serving while the target catches up; once the replay queue is
-    /// empty, or after `replayCutoffSeconds` at the latest, the source is stopped and the
-    /// replay queue unbound, so what is left in it is a finite batch.
+    /// The source keeps serving while the target catches up; once the target consumes
+    /// and the replay queue is empty, or after `replayCutoffSeconds` at the latest, the
+    /// source is stopped.
     #[default]
     Cutoff,
-    /// Stop the source and unbind the replay queue as soon as the target starts
-    /// replaying, then wait for the queue to empty. Fewer duplicates, longer pause.
+    /// Stop the source as soon as the target consumes the replay queue, then let the
+    /// target catch up alone: the source applies nothing the target also applies.
     Drain,
 }
 
@@ -162,8 +162,14 @@ pub struct Steps {
     pub create_target: StepState,
     #[serde(default, skip_serializing_if = "StepState::is_not_started")]
     pub start_replay: StepState,
+    /// The source is gone: unbind the primary queue and purge it (every message in it is
+    /// also in the replay queue), so the replay queue is the only one fed.
     #[serde(default, skip_serializing_if = "StepState::is_not_started")]
-    pub unbind_replay: StepState,
+    pub fence_primary: StepState,
+    /// Switch the exchange from the replay queue back to the primary queue in one
+    /// routing step (alternate exchange), so each message lands in exactly one of them.
+    #[serde(default, skip_serializing_if = "StepState::is_not_started")]
+    pub cut_over: StepState,
     #[serde(default, skip_serializing_if = "StepState::is_not_started")]
     pub end_replay: StepState,
     #[serde(default, skip_serializing_if = "StepState::is_not_started")]
@@ -187,7 +193,8 @@ pub enum StepKey {
     StopSource,
     CreateTarget,
     StartReplay,
-    UnbindReplay,
+    FencePrimary,
+    CutOver,
     EndReplay,
     DeleteReplay,
     RemoveSource,
@@ -213,7 +220,8 @@ impl Steps {
             StepKey::StopSource => &self.stop_source,
             StepKey::CreateTarget => &self.create_target,
             StepKey::StartReplay => &self.start_replay,
-            StepKey::UnbindReplay => &self.unbind_replay,
+            StepKey::FencePrimary => &self.fence_primary,
+            StepKey::CutOver => &self.cut_over,
             StepKey::EndReplay => &self.end_replay,
             StepKey::DeleteReplay => &self.delete_replay,
             StepKey::RemoveSource => &self.remove_source,
@@ -231,7 +239,8 @@ impl Steps {
             StepKey::StopSource => &mut self.stop_source,
             StepKey::CreateTarget => &mut self.create_target,
             StepKey::StartReplay => &mut self.start_replay,
-            StepKey::UnbindReplay => &mut self.unbind_replay,
+            StepKey::FencePrimary => &mut self.fence_primary,
+            StepKey::CutOver => &mut self.cut_over,
             StepKey::EndReplay => &mut self.end_replay,
             StepKey::DeleteReplay => &mut self.delete_replay,
             StepKey::RemoveSource => &mut self.remove_source,
@@ -279,6 +288,18 @@ pub struct ReplayCounters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "Option<String>")]
     pub source_stopped_at: Option<Timestamp>,
+    /// Consumers on the primary queue when the source was told to stop: the fence waits
+    /// until fewer are left (the source's channel closed, its prefetch requeued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_consumers_at_stop: Option<u32>,
+    /// Messages purged from the primary queue by the fence: copies of replay-queue
+    /// messages that a consumer without deduplication would otherwise apply twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purged_duplicates: Option<u64>,
+    /// When the exchange was switched back to the primary queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<String>")]
+    pub cut_over_at: Option<Timestamp>,
 }
 
 /// Why a migration failed.
@@ -344,6 +365,8 @@ pub enum JobView {
     /// `output`: the checkpoint id (checkpoint) or the image reference (transfer).
     Succeeded {
         output: String,
+        /// When the agent finished the job (its own clock): the phase boundary.
+        finished_at: Option<Timestamp>,
     },
     Failed {
         reason: String,
@@ -388,11 +411,17 @@ pub struct Observation {
     pub checkpoint: JobView,
     pub transfer: JobView,
     pub target: TargetView,
-    /// `None` when not measured (or the queue does not exist).
+    /// Ready messages in the replay queue; `None` when not measured (or no such queue).
     pub replay_depth: Option<u64>,
-    /// Ready messages in the primary queue (measured in Checkpointing, before the
-    /// checkpoint is requested).
-    pub primary_depth: Option<u64>,
+    /// Consumers on the replay queue (real time, from `queue.declare`): "caught up" needs
+    /// a target that consumes, not only an empty queue.
+    pub replay_consumers: Option<u32>,
+    /// Consumers on the primary queue (real time).
+    pub primary_consumers: Option<u32>,
+    /// Every message published before the replay binding has been acknowledged by the
+    /// source (messaging's backlog probe, from fresh management statistics). `None`: not
+    /// measured.
+    pub backlog_settled: Option<bool>,
     /// A side effect failed in a way that retrying cannot fix.
     pub fatal: Option<String>,
 }
@@ -408,7 +437,9 @@ impl Observation {
             transfer: JobView::NotStarted,
             target: TargetView::Absent,
             replay_depth: None,
-            primary_depth: None,
+            replay_consumers: None,
+            primary_consumers: None,
+            backlog_settled: None,
             fatal: None,
         }
     }
@@ -443,7 +474,10 @@ pub enum Action {
         control_queue: String,
         replay_queue: String,
     },
-    UnbindReplay,
+    /// The source is gone: unbind the primary queue from the exchange and purge it.
+    FencePrimary,
+    /// Route new messages to the primary queue instead of the replay queue, atomically.
+    CutOver,
     SendEndReplay {
         control_queue: String,
     },
@@ -471,7 +505,8 @@ impl Action {
             Action::StopSource => StepKey::StopSource,
             Action::CreateTarget { .. } => StepKey::CreateTarget,
             Action::SendStartReplay { .. } => StepKey::StartReplay,
-            Action::UnbindReplay => StepKey::UnbindReplay,
+            Action::FencePrimary => StepKey::FencePrimary,
+            Action::CutOver => StepKey::CutOver,
             Action::SendEndReplay { .. } => StepKey::EndReplay,
             Action::DeleteReplayQueue => StepKey::DeleteReplay,
             Action::RemoveSource => StepKey::RemoveSource,

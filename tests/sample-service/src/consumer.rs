@@ -51,6 +51,14 @@ pub struct ConsumerConfig {
     pub pod_name: Option<String>,
     pub hostname_file: PathBuf,
     pub restore_check: Duration,
+    /// Skip already-applied sequence numbers. Off, the consumer behaves like a typical
+    /// third-party one: every delivery is applied, and deliveries it held in memory when
+    /// it was checkpointed are dropped after a restore (as client libraries do when
+    /// their connection dies), never applied.
+    pub dedup: bool,
+    /// Sleep before reconnecting after the connection was lost (a typical consumer
+    /// sleeps seconds).
+    pub reconnect_delay: Duration,
 }
 
 impl ConsumerConfig {
@@ -196,13 +204,22 @@ pub async fn run(cfg: ConsumerConfig, state: SharedState) -> Result<()> {
         if matches!(end, SessionEnd::Restored) || watch.check() {
             if let Some(data) = session.data.as_mut() {
                 while let Ok(m) = data.rx.try_recv() {
-                    apply_delivery(&state, &m, true);
+                    if cfg.dedup {
+                        apply_delivery(&state, &m, true);
+                    }
                 }
             }
             session.abandon();
             on_restore(&cfg, &state)?;
         } else {
             session.close().await;
+        }
+        if !cfg.reconnect_delay.is_zero() {
+            info!(
+                delay_ms = cfg.reconnect_delay.as_millis() as u64,
+                "reconnecting after a pause"
+            );
+            tokio::time::sleep(cfg.reconnect_delay).await;
         }
     }
 }
@@ -286,7 +303,9 @@ async fn process(
     // Checked after the work, before the ack: a checkpoint taken while this message
     // was being processed must not ack it from the copy.
     let restored = watch.check();
-    apply_delivery(state, &m, restored);
+    if !restored || cfg.dedup {
+        apply_delivery(state, &m, restored);
+    }
     if restored {
         return Err(SessionEnd::Restored);
     }

@@ -1,6 +1,6 @@
 //! The consumer's in-memory state and the exactly-once apply rule.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -33,8 +33,16 @@ pub struct ServiceState {
     pub pod: String,
     #[serde(flatten)]
     pub mode: Mode,
-    /// Messages applied (each sequence number at most once).
+    /// Skip a `seq` at or below the last applied one. Off: every delivery is applied,
+    /// as by a consumer that does not deduplicate (most don't).
+    pub dedup: bool,
+    /// Messages applied (with `dedup`, each sequence number at most once).
     pub count: u64,
+    /// Applies of a sequence number this state had applied before: double application
+    /// (only possible without `dedup`).
+    pub applied_twice: u64,
+    /// Distinct sequence numbers applied: `count - applied_twice`.
+    pub distinct: u64,
     pub sum: i64,
     pub last_seq: u64,
     pub skipped_duplicates: u64,
@@ -55,6 +63,8 @@ pub struct ServiceState {
     /// accounting across instances; served by `/applied`, not `/state`.
     #[serde(skip)]
     pub applied_log: VecDeque<(u64, u64)>,
+    #[serde(skip)]
+    seen: HashSet<u64>,
 }
 
 /// Entries kept in [`ServiceState::applied_log`]: 16 bytes each, ≈1.6 MB at most.
@@ -65,7 +75,10 @@ impl ServiceState {
         Self {
             pod,
             mode: Mode::Primary,
+            dedup: true,
             count: 0,
+            applied_twice: 0,
+            distinct: 0,
             sum: 0,
             last_seq: 0,
             skipped_duplicates: 0,
@@ -78,6 +91,7 @@ impl ServiceState {
             last_applied_unix_ms: 0,
             connections: 0,
             applied_log: VecDeque::new(),
+            seen: HashSet::new(),
         }
     }
 
@@ -86,9 +100,14 @@ impl ServiceState {
     /// Producers number messages 1, 2, 3, … and a single queue delivers them in order
     /// (redeliveries only repeat), so "seq ≤ last applied" means "already applied".
     pub fn apply(&mut self, msg: DataMessage) -> Outcome {
-        if msg.seq <= self.last_seq {
+        if self.dedup && msg.seq <= self.last_seq {
             self.skipped_duplicates += 1;
             return Outcome::SkippedDuplicate;
+        }
+        if self.seen.insert(msg.seq) {
+            self.distinct += 1;
+        } else {
+            self.applied_twice += 1;
         }
         if msg.seq > self.last_seq + 1 {
             self.gaps += 1;
@@ -96,7 +115,7 @@ impl ServiceState {
         }
         self.count += 1;
         self.sum += msg.value;
-        self.last_seq = msg.seq;
+        self.last_seq = self.last_seq.max(msg.seq);
         self.last_applied_unix_ms = unix_ms();
         if self.applied_log.len() == APPLIED_LOG_CAP {
             self.applied_log.pop_front();

@@ -51,6 +51,7 @@ fn parse() -> Args {
             delay_ms: 50,
             ballast_mib: 25,
             warmup: 30,
+            consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
         },
         quiet: false,
     };

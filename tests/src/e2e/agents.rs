@@ -448,6 +448,10 @@ fn shim_command(
         .args(["--queue", &sc.queue, "--exchange", &sc.exchange])
         .args(["--checkpoint-id", checkpoint_id])
         .args([
+            "--source-prefetch",
+            &sc.source_spec.behaviour.prefetch.to_string(),
+        ])
+        .args([
             "--replay-mode",
             match opts.replay_mode {
                 ReplayMode::Cutoff => "cutoff",

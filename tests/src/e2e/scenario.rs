@@ -40,6 +40,7 @@ pub struct ScenarioSpec {
     pub ballast_mib: u64,
     /// Messages the source applies before the migration starts.
     pub warmup: u64,
+    pub consumer: super::ConsumerBehaviour,
 }
 
 pub const HTTP_PORT: u16 = 8080;
@@ -100,6 +101,27 @@ pub struct ScenarioReport {
 }
 
 impl ScenarioReport {
+    /// Every produced message is in the surviving state at least once, and it is back
+    /// on the primary queue; returns how many were applied twice (a consumer without
+    /// deduplication can apply a message twice: docs/migration-protocol.md bounds it).
+    pub fn assert_nothing_lost(&self) -> u64 {
+        use super::u64_of;
+        if self.summary["lost"] != 0 {
+            eprintln!("final instance log:\n{}", self.target_log);
+        }
+        let total = self.produced["produced"].as_u64().unwrap();
+        assert_eq!(self.produced["confirmed"].as_u64(), Some(total));
+        assert_eq!(self.summary["lost"], 0, "{}", self.summary);
+        assert_eq!(u64_of(&self.final_state, "distinct"), total);
+        assert_eq!(self.final_state["mode"], "primary");
+        assert_eq!(
+            self.summary["applied_twice"], self.summary["applied_twice_by_state"],
+            "the apply log and the state disagree: {}",
+            self.summary
+        );
+        u64_of(&self.final_state, "applied_twice")
+    }
+
     /// Every produced message was confirmed by the broker and applied exactly once by
     /// the final instance, in order, which is back on the primary queue. Prints the
     /// final instance's log first when something was lost.
@@ -108,6 +130,8 @@ impl ScenarioReport {
         if self.summary["lost"] != 0 || self.summary["sum_matches"] != true {
             eprintln!("final instance log:\n{}", self.target_log);
         }
+        assert_eq!(self.summary["applied_twice"], 0, "{}", self.summary);
+        assert_eq!(u64_of(&self.final_state, "applied_twice"), 0);
         let total = self.produced["produced"].as_u64().unwrap();
         assert_eq!(
             self.produced["confirmed"].as_u64(),
@@ -184,6 +208,7 @@ impl Scenario {
             delay_ms: spec.delay_ms,
             ballast_mib: spec.ballast_mib,
             http_port: HTTP_PORT,
+            behaviour: spec.consumer,
         };
         let bundle = consumer_bundle(
             &tmp.path().join("src"),
@@ -280,15 +305,24 @@ impl Scenario {
         applies.extend(self.source_applied.iter().copied());
         let downtime = longest_gap(&applies, t0, t1);
         let count = u64_of(&fin, "count");
+        let distinct = u64_of(&fin, "distinct");
         let summary = json!({
             "strategy": format!("{:?}", spec.strategy),
             "rate": spec.rate,
             "delay_ms": spec.delay_ms,
             "ballast_mib": spec.ballast_mib,
+            "consumer": {
+                "prefetch": spec.consumer.prefetch,
+                "dedup": spec.consumer.dedup,
+                "reconnect_delay_ms": spec.consumer.reconnect_delay_ms,
+            },
             "produced": total,
             "applied": count,
-            "lost": total.saturating_sub(count),
+            "lost": total.saturating_sub(distinct),
+            // From the surviving state's own apply log (every apply, duplicates included)
+            // and its counter: they must agree.
             "applied_twice": applied_twice,
+            "applied_twice_by_state": fin["applied_twice"],
             "sum_matches": fin["sum"] == produced["sum"],
             "skipped_duplicates": fin["skipped_duplicates"],
             "gaps": fin["gaps"],

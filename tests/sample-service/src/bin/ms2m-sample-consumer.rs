@@ -32,6 +32,13 @@ struct Args {
     delay_ms: u64,
     #[arg(long, env = "MS2M_PREFETCH", default_value_t = 1)]
     prefetch: u16,
+    /// Skip sequence numbers already applied; `false` applies every delivery, like a
+    /// consumer that does not deduplicate.
+    #[arg(long, env = "MS2M_DEDUP", default_value_t = true, action = clap::ArgAction::Set)]
+    dedup: bool,
+    /// Pause before reconnecting after a lost connection.
+    #[arg(long, env = "MS2M_RECONNECT_DELAY_MS", default_value_t = 0)]
+    reconnect_delay_ms: u64,
     /// MiB of state to allocate and write (emulates a large in-memory state).
     #[arg(long, env = "MS2M_BALLAST_MIB", default_value_t = 0)]
     ballast_mib: u64,
@@ -68,11 +75,14 @@ async fn main() -> anyhow::Result<()> {
         pod_name: args.pod_name,
         hostname_file: args.hostname_file,
         restore_check: Duration::from_millis(args.restore_check_ms.max(1)),
+        dedup: args.dedup,
+        reconnect_delay: Duration::from_millis(args.reconnect_delay_ms),
     };
     let pod = cfg.pod_name().context("pod name")?;
     // Kept alive (and thus in every checkpoint) until the process ends.
     let ballast = Ballast::new(args.ballast_mib);
     let mut initial = ServiceState::new(pod);
+    initial.dedup = cfg.dedup;
     initial.ballast_mib = args.ballast_mib;
     initial.ballast_checksum = ballast.checksum();
     let state = Arc::new(Mutex::new(initial));

@@ -18,15 +18,21 @@
 use std::time::Duration;
 
 use amqprs::{
-    BasicProperties, Cancel, CloseChannel, Nack, Return,
+    BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return,
     callbacks::{ChannelCallback, DefaultConnectionCallback},
     channel::{
-        BasicPublishArguments, Channel, ConfirmSelectArguments, ExchangeDeclareArguments,
-        ExchangeType, QueueBindArguments, QueueDeclareArguments, QueueDeleteArguments,
-        QueueUnbindArguments,
+        BasicPublishArguments, Channel, ConfirmSelectArguments, ExchangeBindArguments,
+        ExchangeDeclareArguments, ExchangeDeleteArguments, ExchangeType, QueueBindArguments,
+        QueueDeclareArguments, QueueDeleteArguments, QueuePurgeArguments, QueueUnbindArguments,
     },
     connection::{Connection, OpenConnectionArguments},
 };
+
+mod backlog;
+mod management;
+
+pub use backlog::{BacklogCheck, pre_binding_backlog};
+pub use management::{Binding, Management, ManagementConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, info, warn};
@@ -176,18 +182,42 @@ pub struct Messaging {
     link: Mutex<Option<Link>>,
     /// Prefix of the `message-id` of control messages, e.g. the migration's name.
     message_id_prefix: String,
+    management: Management,
+}
+
+/// A queue as `queue.declare(passive)` reports it: current, not a statistic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueState {
+    /// Messages ready for delivery (unacknowledged deliveries are not counted).
+    pub ready: u64,
+    pub consumers: u32,
 }
 
 impl Messaging {
-    /// Nothing is opened until the first operation.
+    /// Nothing is opened until the first operation. The management API is expected on
+    /// the AMQP host's port 15672; see [`Messaging::with_management`].
     pub fn new(url: &str, message_id_prefix: &str) -> Result<Self> {
+        Self::with_management(url, message_id_prefix, &ManagementConfig::default())
+    }
+
+    pub fn with_management(
+        url: &str,
+        message_id_prefix: &str,
+        management: &ManagementConfig,
+    ) -> Result<Self> {
         let mut args = connection_args(url)?;
         args.connection_name("ms2m-shim");
+        let management = Management::new(&parse_url(url)?, management)?;
         Ok(Self {
             args,
             link: Mutex::new(None),
             message_id_prefix: message_id_prefix.to_owned(),
+            management,
         })
+    }
+
+    pub fn management(&self) -> &Management {
+        &self.management
     }
 
     async fn open(&self) -> Result<Link> {
@@ -302,10 +332,11 @@ impl Messaging {
         Ok(())
     }
 
-    /// Messages ready in `queue` (passive declare), `None` when the queue does not exist.
-    pub async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+    /// Ready messages and consumers of `queue` (passive declare), `None` when the queue
+    /// does not exist.
+    pub async fn queue_state(&self, queue: &str) -> Result<Option<QueueState>> {
         let res = self
-            .run("queue_depth", |l| {
+            .run("queue_state", |l| {
                 let queue = queue.to_owned();
                 Box::pin(async move {
                     let mut args = QueueDeclareArguments::new(&queue);
@@ -316,35 +347,141 @@ impl Messaging {
                         .queue_declare(args)
                         .await
                         .map_err(|e| op_err(ev, "queue.declare(passive)", e))?;
-                    Ok(ok.map(|(_, count, _)| u64::from(count)))
+                    Ok(ok.map(|(_, count, consumers)| QueueState {
+                        ready: u64::from(count),
+                        consumers,
+                    }))
                 })
             })
             .await;
         match res {
-            Ok(depth) => Ok(depth),
+            Ok(state) => Ok(state),
             Err(MessagingError::Refused { code: 404, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    /// Stops new messages from reaching the replay queue.
-    pub async fn unbind_replay(&self, q: &QueueNames) -> Result<()> {
-        self.run("unbind_replay", |l| {
-            let q = q.clone();
-            Box::pin(async move {
-                let ev = &mut l.events;
-                l.channel
-                    .queue_unbind(QueueUnbindArguments::new(
-                        &q.replay,
-                        &q.exchange,
-                        &q.routing_key,
-                    ))
-                    .await
-                    .map_err(|e| op_err(ev, "queue.unbind(replay)", e))
+    /// Messages ready in `queue`, `None` when the queue does not exist.
+    pub async fn queue_depth(&self, queue: &str) -> Result<Option<u64>> {
+        Ok(self.queue_state(queue).await?.map(|s| s.ready))
+    }
+
+    /// The pre-checkpoint condition ([`backlog`]) for a source consumer with `prefetch`
+    /// (0: unlimited or automatic acknowledgement): call it after the replay binding and
+    /// before `START_REPLAY` (the replay queue must not be consumed yet).
+    pub async fn pre_binding_backlog(&self, q: &QueueNames, prefetch: u16) -> Result<BacklogCheck> {
+        // The replay depth first: it only grows, so reading it before the primary's
+        // keeps the rule on the safe side.
+        let replay = self.queue_state(&q.replay).await?.map_or(0, |s| s.ready);
+        let primary = self.queue_state(&q.primary).await?.unwrap_or(QueueState {
+            ready: 0,
+            consumers: 0,
+        });
+        let check = pre_binding_backlog(replay, primary.ready, primary.consumers, prefetch);
+        debug!(settled = check.settled, detail = %check.detail, "pre-binding backlog");
+        Ok(check)
+    }
+
+    /// The fence, once the source's channel is closed (its unacknowledged deliveries are
+    /// back in the primary queue): unbind the primary queue from the exchange, then purge
+    /// it. Every message in it was published after the replay binding (the
+    /// pre-checkpoint condition saw to the older ones), so each is also in the replay
+    /// queue, which the target consumes; a consumer that does not deduplicate would apply
+    /// it twice. From here on only the replay queue is fed. Returns the messages purged.
+    /// Repeating it is harmless: an unbound primary queue receives nothing.
+    pub async fn fence_primary(&self, q: &QueueNames) -> Result<u64> {
+        let purged = self
+            .run("fence_primary", |l| {
+                let q = q.clone();
+                Box::pin(async move {
+                    let ev = &mut l.events;
+                    l.channel
+                        .queue_unbind(QueueUnbindArguments::new(
+                            &q.primary,
+                            &q.exchange,
+                            &q.routing_key,
+                        ))
+                        .await
+                        .map_err(|e| op_err(ev, "queue.unbind(primary)", e))?;
+                    let n = l
+                        .channel
+                        .queue_purge(QueuePurgeArguments::new(&q.primary))
+                        .await
+                        .map_err(|e| op_err(ev, "queue.purge(primary)", e))?;
+                    Ok(u64::from(n.unwrap_or(0)))
+                })
             })
-        })
-        .await?;
-        info!(replay = %q.replay, "replay queue unbound");
+            .await?;
+        info!(primary = %q.primary, purged, "primary queue fenced");
+        Ok(purged)
+    }
+
+    /// Routes new messages to the primary queue instead of the replay queue in one
+    /// routing step, so that each message is in exactly one of them:
+    ///
+    /// 1. a fallback exchange `F` bound to the primary queue, and a cut exchange `M`
+    ///    whose alternate exchange is `F`;
+    /// 2. the replay queue moves behind `M` (`X → M → replay`; RabbitMQ delivers a
+    ///    message once per queue however many paths lead there);
+    /// 3. **the cut**: unbind the replay queue from `M`. `M` now routes nowhere, so the
+    ///    broker hands every message to `F`: the primary queue;
+    /// 4. bind the primary queue to `X` directly (one copy: routes are deduplicated),
+    ///    then remove `M` and `F`.
+    ///
+    /// Re-entrant: the current bindings (management API, not statistics) say whether an
+    /// interrupted attempt got past the cut, so a repeat never feeds the replay queue
+    /// again once it was cut off.
+    pub async fn cut_over(&self, q: &QueueNames) -> Result<()> {
+        let cut = format!("{}.ms2m-cut", q.exchange);
+        let fallback = format!("{}.ms2m-fallback", q.exchange);
+        let from_x = self.management.bindings_from(&q.exchange).await?;
+        if !from_x.iter().any(|b| b.is_queue(&q.primary)) {
+            let from_cut = self.management.bindings_from(&cut).await?;
+            let replay_fed = from_x.iter().any(|b| b.is_queue(&q.replay))
+                || from_cut.iter().any(|b| b.is_queue(&q.replay));
+            if replay_fed {
+                self.run("cut_over", |l| {
+                    let (q, cut, fallback) = (q.clone(), cut.clone(), fallback.clone());
+                    Box::pin(async move { cut_replay(l, &q, &cut, &fallback).await })
+                })
+                .await?;
+                info!(replay = %q.replay, "replay queue cut off; new messages go to the primary queue");
+            }
+            self.run("cut_over(bind primary)", |l| {
+                let q = q.clone();
+                Box::pin(async move {
+                    let ev = &mut l.events;
+                    l.channel
+                        .queue_bind(QueueBindArguments::new(
+                            &q.primary,
+                            &q.exchange,
+                            &q.routing_key,
+                        ))
+                        .await
+                        .map_err(|e| op_err(ev, "queue.bind(primary)", e))
+                })
+            })
+            .await?;
+        }
+        for name in [cut, fallback] {
+            self.run("cut_over(cleanup)", |l| {
+                let name = name.clone();
+                Box::pin(async move {
+                    let ev = &mut l.events;
+                    match l
+                        .channel
+                        .exchange_delete(ExchangeDeleteArguments::new(&name))
+                        .await
+                        .map_err(|e| op_err(ev, "exchange.delete", e))
+                    {
+                        Err(MessagingError::Refused { code: 404, .. }) | Ok(()) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                })
+            })
+            .await?;
+        }
+        info!(primary = %q.primary, "primary queue bound again");
         Ok(())
     }
 
@@ -405,6 +542,50 @@ impl Messaging {
         );
         Ok(())
     }
+}
+
+/// Steps 1-3 of [`Messaging::cut_over`] on one channel; each is idempotent up to the
+/// cut, and the caller runs them only while the replay queue is still fed.
+async fn cut_replay(l: &mut Link, q: &QueueNames, cut: &str, fallback: &str) -> Result<()> {
+    let (ch, ev) = (&l.channel, &mut l.events);
+    let mut f = ExchangeDeclareArguments::of_type(fallback, ExchangeType::Fanout);
+    f.durable(true);
+    ch.exchange_declare(f)
+        .await
+        .map_err(|e| op_err(ev, "exchange.declare(fallback)", e))?;
+    ch.queue_bind(QueueBindArguments::new(&q.primary, fallback, ""))
+        .await
+        .map_err(|e| op_err(ev, "queue.bind(primary, fallback)", e))?;
+    let mut m = ExchangeDeclareArguments::of_type(cut, ExchangeType::Fanout);
+    m.durable(true);
+    let mut args = FieldTable::new();
+    args.insert(
+        "alternate-exchange".try_into().expect("a short field name"),
+        FieldValue::from(fallback),
+    );
+    m.arguments = args;
+    ch.exchange_declare(m)
+        .await
+        .map_err(|e| op_err(ev, "exchange.declare(cut)", e))?;
+    ch.queue_bind(QueueBindArguments::new(&q.replay, cut, ""))
+        .await
+        .map_err(|e| op_err(ev, "queue.bind(replay, cut)", e))?;
+    ch.exchange_bind(ExchangeBindArguments::new(cut, &q.exchange, &q.routing_key))
+        .await
+        .map_err(|e| op_err(ev, "exchange.bind(cut)", e))?;
+    ch.queue_unbind(QueueUnbindArguments::new(
+        &q.replay,
+        &q.exchange,
+        &q.routing_key,
+    ))
+    .await
+    .map_err(|e| op_err(ev, "queue.unbind(replay)", e))?;
+    // The cut: from this routing decision on, the cut exchange matches nothing and its
+    // alternate exchange takes the message to the primary queue.
+    ch.queue_unbind(QueueUnbindArguments::new(&q.replay, cut, ""))
+        .await
+        .map_err(|e| op_err(ev, "queue.unbind(replay, cut)", e))?;
+    Ok(())
 }
 
 /// Parses `amqp://user:pass@host:port/vhost` (RFC 3986 percent-encoding, as the AMQP URI
