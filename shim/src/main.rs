@@ -47,7 +47,7 @@ enum Cmd {
     },
     /// Migrate a runc container between two agents, without Kubernetes.
     Migrate(Box<MigrateArgs>),
-    /// Print the CustomResourceDefinition (deploy/crd.yaml).
+    /// Print the CustomResourceDefinition (deploy/base/crd.yaml).
     Crdgen,
 }
 
