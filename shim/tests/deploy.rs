@@ -518,3 +518,88 @@ fn the_containerd_patch_switches_the_store_and_mounts_the_socket() {
             .any(|v| v.host_path.as_ref().is_some_and(|h| h.path == socket))
     );
 }
+
+/// `bash scripts/images.sh` (what `make images` runs) with `PATH` holding only `dir`.
+fn images_script(path: &Path, env: &[(&str, &str)]) -> (i32, String) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bash = ["/usr/bin/bash", "/bin/bash"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("bash");
+    let out = std::process::Command::new(bash)
+        .arg(root.join("scripts/images.sh"))
+        .env_clear()
+        .env("PATH", path)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `make images` needs a container engine (the CI machines have none): without one it
+/// stops before building anything and says what it tried; usage mistakes exit 2.
+#[test]
+fn make_images_fails_clearly_without_a_container_engine() {
+    // A PATH with the shell tools the script uses, and no docker or podman.
+    let bin = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    for tool in ["sed", "grep", "tail", "head", "cat", "dirname"] {
+        let real = ["/usr/bin", "/bin"]
+            .iter()
+            .map(|d| Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} not found"));
+        std::os::unix::fs::symlink(real, bin.path().join(tool)).unwrap();
+    }
+
+    let (code, err) = images_script(bin.path(), &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("REGISTRY is not set") && err.contains("usage: make images"),
+        "{err}"
+    );
+
+    let (code, err) = images_script(bin.path(), &[("REGISTRY", "registry.example.com/ms2m:1.0")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("without tag or digest"), "{err}");
+
+    let (code, err) = images_script(
+        bin.path(),
+        &[("REGISTRY", "registry.example.com/ms2m"), ("TAG", "a b")],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("not a valid image tag"), "{err}");
+
+    let (code, err) = images_script(bin.path(), &[("REGISTRY", "localhost:5000/ms2m")]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("needs a container engine"), "{err}");
+    assert!(err.contains("docker: not found on PATH"), "{err}");
+    assert!(err.contains("podman: not found on PATH"), "{err}");
+    assert!(!err.contains("building "), "nothing is built: {err}");
+
+    // An engine that is there but cannot build (a docker client without its daemon).
+    std::fs::write(
+        bin.path().join("docker"),
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.path().join("docker"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (code, err) = images_script(
+        bin.path(),
+        &[
+            ("REGISTRY", "localhost:5000/ms2m"),
+            ("CONTAINER_ENGINE", "docker"),
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("'docker info' failed: Cannot connect to the Docker daemon"),
+        "{err}"
+    );
+}
