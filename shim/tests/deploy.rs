@@ -603,3 +603,41 @@ fn make_images_fails_clearly_without_a_container_engine() {
         "{err}"
     );
 }
+
+/// Paths under deploy/ that the README and docs/ name exist, and no doc points at
+/// design notes that are not in the repository.
+#[test]
+fn docs_name_only_deploy_paths_that_exist() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = vec![root.join("README.md")];
+    for e in std::fs::read_dir(root.join("docs")).unwrap() {
+        files.push(e.unwrap().path());
+    }
+    let mut missing = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        assert!(
+            !text.contains("DESIGN.md"),
+            "{} refers to DESIGN.md, which is not in the repository",
+            f.display()
+        );
+        for (i, _) in text.match_indices("deploy/") {
+            if i > 0 && !b" `(['\"".contains(&text.as_bytes()[i - 1]) {
+                continue;
+            }
+            let path: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || "_./-".contains(*c))
+                .collect();
+            let path = path.trim_end_matches('.');
+            // `deploy/overlays/<yours>`, and kubectl's `deploy/ms2m-shim` (a Deployment).
+            if text[i + path.len()..].starts_with('<') || path.starts_with("deploy/ms2m-") {
+                continue;
+            }
+            if !root.join(path).exists() {
+                missing.push(format!("{}: {path}", f.display()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "named but not there: {missing:#?}");
+}
