@@ -630,8 +630,12 @@ fn docs_name_only_deploy_paths_that_exist() {
                 .take_while(|c| c.is_ascii_alphanumeric() || "_./-".contains(*c))
                 .collect();
             let path = path.trim_end_matches('.');
-            // `deploy/overlays/<yours>`, and kubectl's `deploy/ms2m-shim` (a Deployment).
-            if text[i + path.len()..].starts_with('<') || path.starts_with("deploy/ms2m-") {
+            // `deploy/overlays/<yours>` and the README's `my-cluster` are the user's copy;
+            // `deploy/ms2m-shim` is kubectl's name for the Deployment.
+            if text[i + path.len()..].starts_with('<')
+                || path.starts_with("deploy/overlays/my-cluster")
+                || path.starts_with("deploy/ms2m-")
+            {
                 continue;
             }
             if !root.join(path).exists() {
