@@ -10,7 +10,10 @@
 #    containerd (ctr: checkpoint import into containerd, against a private containerd
 #    the tests start), busybox-static (test container rootfs), pigz/zstd (benchmark
 #    baselines), systemd (systemd-analyze verify), curl, kubectl (kubernetes-client, when
-#    none is installed: the deploy/ tests build every kustomize variant with it).
+#    none is installed: the deploy/ tests build every kustomize variant with it),
+#    prometheus and python3-prometheus-client (promtool lints the agent's /metrics in the text
+#    format, the Python client's strict parser reads the OpenMetrics one; the
+#    server itself is never started).
 #  - CRIU >= 4.2: bookworm's 3.17 fails on kernels >= 6.13 and 4.1 cannot dump TCP on
 #    >= 6.16, so we build the newest >= 4.2 source that Debian sid offers, verify its
 #    checksum against the signed Sources index, and cache the binary outside the tree.
@@ -28,7 +31,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(runc iptables iproute2 docker-registry rabbitmq-server buildah skopeo umoci containerd
       busybox-static pigz zstd curl ca-certificates openssl systemd procps psmisc
-      jq libseccomp-dev pkg-config apache2-utils)
+      jq libseccomp-dev pkg-config apache2-utils prometheus python3-prometheus-client)
 CRIU_BUILD_DEPS=(libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
       python3-protobuf libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev
       libgnutls28-dev libnftables-dev uuid-dev libaio-dev build-essential xz-utils)

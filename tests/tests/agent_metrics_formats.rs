@@ -1,0 +1,108 @@
+//! The agent's `/metrics` in both exposition formats, checked by the tools that read
+//! them: `promtool check metrics` (Debian's prometheus package) on the Prometheus text
+//! format, and the Python client's strict OpenMetrics parser on OpenMetrics. The agent
+//! has run a job first, so every family has samples (histograms included).
+
+mod agent_common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use agent_common::{Agent, AgentOptions};
+use serde_json::json;
+
+fn feed(cmd: &mut Command, input: &str) -> (i32, String) {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?} (run scripts/setup.sh): {e}"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Reads OpenMetrics strictly (it raises on anything the spec forbids, a missing
+/// `# EOF` included) and prints the family names.
+const OPENMETRICS_PARSE: &str = "
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+for f in text_string_to_metric_families(sys.stdin.read()):
+    print(f.name, f.type, len(f.samples))
+";
+
+#[test]
+fn metrics_pass_promtool_and_the_openmetrics_parser() {
+    let agent = Agent::start(AgentOptions::default());
+    // A failing job (no kubelet answers here): a duration and a failure sample, not
+    // only zeros.
+    let r = agent.run_job(
+        "/v1/checkpoints",
+        &json!({"backend": "kubelet", "namespace": "default", "pod": "p-0", "container": "c"}),
+    );
+    assert_eq!(r["status"], "failed", "{r}");
+
+    for accept in [None, Some("text/plain; version=0.0.4"), Some("*/*")] {
+        let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
+        let m = agent.call_with("GET", "/metrics", &headers, None);
+        assert_eq!(m.status, 200);
+        assert_eq!(
+            m.header("content-type").as_deref(),
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            "Accept {accept:?}"
+        );
+        let (code, out) = feed(Command::new("promtool").args(["check", "metrics"]), &m.body);
+        assert_eq!(code, 0, "promtool check metrics: {out}\n{}", m.body);
+        assert!(
+            m.body.contains(
+                "ms2m_agent_job_duration_seconds_count{kind=\"checkpoint\",status=\"failed\"} 1"
+            ),
+            "{}",
+            m.body
+        );
+    }
+
+    let m = agent.call_with(
+        "GET",
+        "/metrics",
+        &[(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+        )],
+        None,
+    );
+    assert_eq!(
+        m.header("content-type").as_deref(),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
+    // Debian's python3-prometheus-client lives under /usr/bin/python3's path.
+    let (code, out) = feed(
+        Command::new("/usr/bin/python3").args(["-c", OPENMETRICS_PARSE]),
+        &m.body,
+    );
+    assert_eq!(code, 0, "OpenMetrics parser: {out}\n{}", m.body);
+    for family in [
+        "ms2m_agent_bytes_moved counter",
+        "ms2m_agent_job_duration_seconds histogram",
+        "ms2m_agent_job_failures counter",
+        "ms2m_agent_jobs_in_flight gauge",
+    ] {
+        assert!(out.contains(family), "{family} missing: {out}");
+    }
+    // The same exposition in the text format fails promtool: negotiation matters.
+    let (code, _) = feed(Command::new("promtool").args(["check", "metrics"]), &m.body);
+    assert_ne!(code, 0, "promtool read OpenMetrics counters as text");
+}
