@@ -8,4 +8,5 @@ pub mod crd;
 pub mod driver;
 pub mod engine;
 pub mod messaging;
+pub mod metrics;
 pub mod standalone;

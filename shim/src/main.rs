@@ -50,6 +50,9 @@ enum Cmd {
             default_value = "ms2m-agent-token"
         )]
         agent_token_secret: String,
+        /// Where to serve Prometheus metrics (`GET /metrics`).
+        #[arg(long, env = "MS2M_METRICS_LISTEN", default_value = "0.0.0.0:9412")]
+        metrics_listen: std::net::SocketAddr,
     },
     /// Migrate a runc container between two agents, without Kubernetes.
     #[command(after_help = "EXAMPLES:
@@ -307,10 +310,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             agent_selector,
             agent_port,
             agent_token_secret,
+            metrics_listen,
         } => {
             let client = kube::Client::try_default()
                 .await
                 .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+            let metrics = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("serving metrics on {metrics_listen}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = ms2m_shim::metrics::serve(metrics).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
             let discovery = AgentDiscovery {
                 namespace: agent_namespace,
                 selector: agent_selector,

@@ -106,3 +106,76 @@ fn metrics_pass_promtool_and_the_openmetrics_parser() {
     let (code, _) = feed(Command::new("promtool").args(["check", "metrics"]), &m.body);
     assert_ne!(code, 0, "promtool read OpenMetrics counters as text");
 }
+
+/// The shim's `/metrics`, fed by decisions as the driver hands them over, read by the
+/// same two tools.
+#[test]
+fn shim_metrics_pass_promtool_and_the_openmetrics_parser() {
+    use ms2m_shim::engine::{Decision, Next, Phase, PhaseTiming, Progress, Transition};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let addr = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap();
+        tokio::spawn(ms2m_shim::metrics::serve(l));
+        a
+    });
+    for (from, to) in [
+        (Phase::Pending, Phase::Checkpointing),
+        (Phase::Replaying, Phase::Finalizing),
+        (Phase::Finalizing, Phase::Completed),
+    ] {
+        let mut progress = Progress::default();
+        progress.phase = to;
+        progress.phase_timings.push(PhaseTiming {
+            phase: from,
+            started_at: jiff::Timestamp::now(),
+            duration_ms: Some(1200),
+        });
+        progress.replay.depth_at_start = Some(12);
+        progress.replay.peak_depth = Some(30);
+        ms2m_shim::metrics::record(&Decision {
+            progress,
+            actions: vec![],
+            next: Next::Now,
+            transitions: vec![Transition {
+                from,
+                to,
+                note: String::new(),
+            }],
+        });
+    }
+    let get = |accept: &str| {
+        let s = std::net::TcpStream::connect(addr).unwrap();
+        agent_common::http(s, "GET", "/metrics", &[("Accept", accept)], None)
+    };
+    let text = get("text/plain");
+    assert_eq!(
+        text.header("content-type").as_deref(),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let (code, out) = feed(
+        Command::new("promtool").args(["check", "metrics"]),
+        &text.body,
+    );
+    assert_eq!(code, 0, "promtool check metrics: {out}\n{}", text.body);
+    assert!(
+        text.body
+            .contains("ms2m_shim_migrations_finished_total{outcome=\"completed\"} 1"),
+        "{}",
+        text.body
+    );
+    let om = get("application/openmetrics-text; version=1.0.0");
+    let (code, out) = feed(
+        Command::new("/usr/bin/python3").args(["-c", OPENMETRICS_PARSE]),
+        &om.body,
+    );
+    assert_eq!(code, 0, "OpenMetrics parser: {out}\n{}", om.body);
+    for family in [
+        "ms2m_shim_migration_phase_entered counter",
+        "ms2m_shim_migrations_finished counter",
+        "ms2m_shim_phase_duration_seconds histogram",
+        "ms2m_shim_replay_peak_depth_messages histogram",
+    ] {
+        assert!(out.contains(family), "{family} missing: {out}");
+    }
+}

@@ -178,7 +178,7 @@ fn controller_without_an_api_server_does_not_blame_the_crd() {
     .unwrap();
     let r = run(
         "ms2m-shim",
-        &["controller"],
+        &["controller", "--metrics-listen", "127.0.0.1:0"],
         &[("KUBECONFIG", kubeconfig.to_str().unwrap())],
     );
     assert_eq!(r.code, 1, "{}", r.stderr);
