@@ -11,6 +11,46 @@ use std::process::{Command, Stdio};
 use agent_common::{Agent, AgentOptions};
 use serde_json::json;
 
+/// Every series name with `prefix` that deploy/grafana-dashboard.json queries.
+fn dashboard_series(prefix: &str) -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana-dashboard.json"
+    );
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices(prefix) {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                names.push(name);
+            }
+        }
+    }
+    assert!(
+        !names.is_empty(),
+        "the dashboard queries no {prefix}* series"
+    );
+    names
+}
+
+/// The dashboard shows only series the exposition has.
+fn assert_dashboard_matches(prefix: &str, exposition: &str) {
+    for name in dashboard_series(prefix) {
+        assert!(
+            exposition
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "deploy/grafana-dashboard.json queries {name}, which /metrics lacks:\n{exposition}"
+        );
+    }
+}
+
 fn feed(cmd: &mut Command, input: &str) -> (i32, String) {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -66,6 +106,7 @@ fn metrics_pass_promtool_and_the_openmetrics_parser() {
         );
         let (code, out) = feed(Command::new("promtool").args(["check", "metrics"]), &m.body);
         assert_eq!(code, 0, "promtool check metrics: {out}\n{}", m.body);
+        assert_dashboard_matches("ms2m_agent_", &m.body);
         assert!(
             m.body.contains(
                 "ms2m_agent_job_duration_seconds_count{kind=\"checkpoint\",status=\"failed\"} 1"
