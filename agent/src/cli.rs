@@ -42,22 +42,24 @@ pub fn report(err: &(dyn std::error::Error + 'static)) -> String {
 const MAX_CAUSE_CHARS: usize = 300;
 
 /// `text` safe for a terminal: control characters (escape sequences, NULs) and the
-/// replacement characters of undecodable bytes are escaped, and the whole is cut at
-/// [`MAX_CAUSE_CHARS`] with a note of how much was left out.
+/// replacement characters of undecodable bytes are escaped, and the result is cut after
+/// [`MAX_CAUSE_CHARS`] characters with a note of how much was left out.
 pub fn printable(text: &str) -> String {
     let mut out = String::new();
     let mut shown = 0;
     for (i, c) in text.char_indices() {
-        if shown == MAX_CAUSE_CHARS {
+        if shown >= MAX_CAUSE_CHARS {
             out.push_str(&format!("… ({} more bytes)", text.len() - i));
             break;
         }
         if c.is_control() || c == char::REPLACEMENT_CHARACTER {
-            out.extend(c.escape_default());
+            let escaped: String = c.escape_default().collect();
+            shown += escaped.chars().count();
+            out.push_str(&escaped);
         } else {
+            shown += 1;
             out.push(c);
         }
-        shown += 1;
     }
     out
 }
