@@ -225,7 +225,7 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(
                 |req: hyper::Request<hyper::body::Incoming>| async move {
-                    let resp = if req.uri().path() == "/metrics" {
+                    if req.uri().path() == "/metrics" {
                         let accept = req
                             .headers()
                             .get(header::ACCEPT)
@@ -238,8 +238,7 @@ pub async fn serve(listener: tokio::net::TcpListener) -> std::io::Result<()> {
                         Response::builder()
                             .status(StatusCode::NOT_FOUND)
                             .body(Full::new(Bytes::from_static(b"only /metrics here\n")))
-                    };
-                    resp
+                    }
                 },
             );
             let io = hyper_util::rt::TokioIo::new(stream);
@@ -259,13 +258,15 @@ mod tests {
     use crate::engine::{PhaseTiming, Progress, Transition};
 
     fn decision(from: Phase, to: Phase, ms: u64) -> Decision {
-        let mut progress = Progress::default();
-        progress.phase = to;
-        progress.phase_timings.push(PhaseTiming {
-            phase: from,
-            started_at: jiff::Timestamp::now(),
-            duration_ms: Some(ms),
-        });
+        let mut progress = Progress {
+            phase: to,
+            phase_timings: vec![PhaseTiming {
+                phase: from,
+                started_at: jiff::Timestamp::now(),
+                duration_ms: Some(ms),
+            }],
+            ..Progress::default()
+        };
         progress.replay.depth_at_start = Some(40);
         progress.replay.peak_depth = Some(90);
         Decision {

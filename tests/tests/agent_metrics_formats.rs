@@ -165,13 +165,15 @@ fn shim_metrics_pass_promtool_and_the_openmetrics_parser() {
         (Phase::Replaying, Phase::Finalizing),
         (Phase::Finalizing, Phase::Completed),
     ] {
-        let mut progress = Progress::default();
-        progress.phase = to;
-        progress.phase_timings.push(PhaseTiming {
-            phase: from,
-            started_at: jiff::Timestamp::now(),
-            duration_ms: Some(1200),
-        });
+        let mut progress = Progress {
+            phase: to,
+            phase_timings: vec![PhaseTiming {
+                phase: from,
+                started_at: jiff::Timestamp::now(),
+                duration_ms: Some(1200),
+            }],
+            ..Progress::default()
+        };
         progress.replay.depth_at_start = Some(12);
         progress.replay.peak_depth = Some(30);
         ms2m_shim::metrics::record(&Decision {
