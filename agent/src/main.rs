@@ -13,7 +13,8 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        // Progress bars step aside for each log line (no stale bars in the scrollback).
+        .with_writer(|| ms2m_agent::transfer::progress_bar::LogWriter)
         .with_ansi(ms2m_agent::cli::stderr_color());
     match format {
         LogFormat::Json => b.json().init(),
