@@ -1,5 +1,5 @@
 # The README's commands. `make test` is what CI runs (.ci/run).
-.PHONY: test demo bench lint fmt fuzz setup services-start services-stop
+.PHONY: test demo bench lint fmt fuzz setup services-start services-stop images
 
 test:            ## set up the machine, start services, run the whole suite, stop them
 	bash scripts/test.sh
@@ -9,6 +9,9 @@ demo:            ## the main job on the embedded two-node default (no cluster ne
 
 bench:           ## benchmarks against buildah, skopeo, zstd/pigz and the raw upload limit
 	bash scripts/bench.sh
+
+images:          ## build and push the agent and shim images: make images REGISTRY=registry.example.com/ms2m [TAG=0.1.0] [PUSH=0]
+	REGISTRY="$(REGISTRY)" TAG="$(TAG)" PUSH="$(PUSH)" CONTAINER_ENGINE="$(CONTAINER_ENGINE)" bash scripts/images.sh
 
 lint:            ## formatting and clippy, warnings are errors
 	cargo fmt --all -- --check

@@ -2,7 +2,7 @@
 # End-to-end migration on a real cluster, for machines that have docker + kind + kubectl
 # (not the project's CI machines: no API server can run there). Creates a kind cluster
 # with two workers on containerd >= 2.1 with checkpoint/restore enabled and a local
-# registry, installs ms2m from deploy/, runs RabbitMQ, the sample producer and consumer,
+# registry, installs ms2m from deploy/overlays/kind, runs RabbitMQ, the sample producer and consumer,
 # migrates the consumer to the other worker and checks that no message was lost.
 #
 #   deploy/kind-e2e.sh            # create, test, keep the cluster
@@ -67,11 +67,12 @@ DOCKER
 kind load docker-image --name "$CLUSTER" ms2m-shim:latest ms2m-agent:latest ms2m-sample:latest
 
 log "installing ms2m"
-kubectl apply -f "$ROOT/deploy/namespace.yaml"
+kubectl apply -f "$ROOT/deploy/base/namespace.yaml"
 kubectl -n ms2m-system get secret ms2m-agent-token >/dev/null 2>&1 \
   || kubectl -n ms2m-system create secret generic ms2m-agent-token \
        --from-literal=token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
-kubectl apply -k "$ROOT/deploy"
+# kind nodes: containerd, and kubeadm's self-signed kubelet certificates.
+kubectl apply -k "$ROOT/deploy/overlays/kind"
 kubectl -n ms2m-system rollout status ds/ms2m-agent --timeout=180s
 kubectl -n ms2m-system rollout status deploy/ms2m-shim --timeout=180s
 
@@ -102,8 +103,10 @@ spec:
       image: ms2m-sample:latest
       command: [ms2m-sample-consumer]
       env:
+        # No MS2M_POD_NAME: the environment is frozen in the checkpoint, so the restored
+        # consumer would keep the source's control queue. It reads its name from
+        # /etc/hostname, which the runtime bind-mounts from the *target* pod.
         - {name: MS2M_AMQP_URL, value: "amqp://guest:guest@rabbitmq:5672/%2f"}
-        - {name: MS2M_POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
 YAML
 kubectl -n "$NS" wait --for=condition=Ready pod/rabbitmq pod/consumer --timeout=180s
 kubectl -n "$NS" run producer --image=ms2m-sample:latest --restart=Never --command -- \

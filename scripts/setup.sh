@@ -9,7 +9,11 @@
 #    (interop checks and baselines; skopeo also imports checkpoints into containers-storage),
 #    containerd (ctr: checkpoint import into containerd, against a private containerd
 #    the tests start), busybox-static (test container rootfs), pigz/zstd (benchmark
-#    baselines), systemd (systemd-analyze verify), curl.
+#    baselines), systemd (systemd-analyze verify), curl, kubectl (kubernetes-client, when
+#    none is installed: the deploy/ tests build every kustomize variant with it),
+#    prometheus and python3-prometheus-client (promtool lints the agent's /metrics in the text
+#    format, the Python client's strict parser reads the OpenMetrics one; the
+#    server itself is never started).
 #  - CRIU >= 4.2: bookworm's 3.17 fails on kernels >= 6.13 and 4.1 cannot dump TCP on
 #    >= 6.16, so we build the newest >= 4.2 source that Debian sid offers, verify its
 #    checksum against the signed Sources index, and cache the binary outside the tree.
@@ -27,7 +31,7 @@ export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(runc iptables iproute2 docker-registry rabbitmq-server buildah skopeo umoci containerd
       busybox-static pigz zstd curl ca-certificates openssl systemd procps psmisc
-      jq libseccomp-dev pkg-config apache2-utils)
+      jq libseccomp-dev pkg-config apache2-utils prometheus python3-prometheus-client)
 CRIU_BUILD_DEPS=(libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
       python3-protobuf libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev
       libgnutls28-dev libnftables-dev uuid-dev libaio-dev build-essential xz-utils)
@@ -140,6 +144,29 @@ ensure_criu() {
   log "criu $(criu_version "$CRIU_BIN") installed at $CRIU_BIN"
 }
 
+# kubectl builds deploy/'s kustomize variants in the tests. They use kustomize
+# *components*, which kubectl's built-in kustomize knows from kubectl 1.21 on, so the
+# check is that capability, not a version. Debian's kubernetes-client is installed when
+# there is no kubectl; bookworm's is 1.20.2 ("json: unknown field components"), so there
+# the message says where a newer one comes from.
+kustomize_components_ok() {
+  local d rc
+  d=$(mktemp -d)
+  mkdir -p "$d/c"
+  printf 'apiVersion: kustomize.config.k8s.io/v1alpha1\nkind: Component\ncommonAnnotations: {probe: "1"}\n' >"$d/c/kustomization.yaml"
+  printf 'apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\n' >"$d/cm.yaml"
+  printf 'resources: [cm.yaml]\ncomponents: [c]\n' >"$d/kustomization.yaml"
+  kubectl kustomize "$d" >/dev/null 2>&1 && rc=0 || rc=1
+  rm -rf "$d"
+  return $rc
+}
+
+ensure_kubectl() {
+  command -v kubectl >/dev/null || apt_install kubernetes-client
+  command -v kubectl >/dev/null || die "kubectl not found after installing kubernetes-client"
+  kustomize_components_ok || die "$(kubectl version --client 2>/dev/null | head -n1) cannot build kustomize components (deploy/overlays use them; Debian bookworm's kubernetes-client is 1.20): install kubectl >= 1.21 (https://kubernetes.io/docs/tasks/tools/) first on PATH"
+}
+
 ensure_rust() {
   command -v cargo >/dev/null || [ -x "$HOME/.cargo/bin/cargo" ] \
     || die "cargo not found: this machine kind ships a Rust toolchain; install rustup's stable toolchain"
@@ -149,8 +176,9 @@ main() {
   mkdir -p "$CACHE_DIR"
   apt_install "${PKGS[@]}"
   ensure_criu
+  ensure_kubectl
   ensure_rust
-  log "ok: $(runc --version | head -n1), criu $(criu_version "$CRIU_BIN"), $(docker-registry --version 2>/dev/null | head -n1)"
+  log "ok: $(runc --version | head -n1), criu $(criu_version "$CRIU_BIN"), $(docker-registry --version 2>/dev/null | head -n1), kubectl $(kubectl version --client 2>/dev/null | sed -n 's/^Client Version: //p')"
 }
 
 main "$@"

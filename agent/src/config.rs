@@ -67,6 +67,7 @@ pub struct FileKubelet {
     pub url: Option<String>,
     pub token_file: Option<PathBuf>,
     pub ca_file: Option<PathBuf>,
+    pub tls_server_name: Option<String>,
     pub checkpoint_dir: Option<PathBuf>,
 }
 
@@ -143,6 +144,10 @@ pub struct Overrides {
     /// CA bundle that signed the kubelet's serving certificate.
     #[arg(long, env = "MS2M_AGENT_KUBELET_CA_FILE")]
     pub kubelet_ca_file: Option<PathBuf>,
+    /// Name the kubelet's certificate is checked against, when the URL holds the node's
+    /// IP but the certificate names the node (kubeadm's self-signed kubelet certificates).
+    #[arg(long, env = "MS2M_AGENT_KUBELET_TLS_SERVER_NAME")]
+    pub kubelet_tls_server_name: Option<String>,
     /// Directory the kubelet writes checkpoint archives to.
     #[arg(long, env = "MS2M_AGENT_KUBELET_CHECKPOINT_DIR")]
     pub kubelet_checkpoint_dir: Option<PathBuf>,
@@ -153,6 +158,9 @@ pub struct KubeletConfig {
     pub url: String,
     pub token_file: PathBuf,
     pub ca_file: PathBuf,
+    /// Checked against the certificate instead of the URL's host, which is then only
+    /// where to connect (docs/deploy.md, "The kubelet's certificate").
+    pub tls_server_name: Option<String>,
     pub checkpoint_dir: PathBuf,
 }
 
@@ -293,6 +301,11 @@ impl Config {
                 ca_file: o.kubelet_ca_file.clone().or(fk.ca_file).unwrap_or_else(|| {
                     PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt")
                 }),
+                tls_server_name: o
+                    .kubelet_tls_server_name
+                    .clone()
+                    .or(fk.tls_server_name)
+                    .filter(|n| !n.is_empty()),
                 checkpoint_dir: o
                     .kubelet_checkpoint_dir
                     .clone()

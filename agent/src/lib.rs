@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod crio_layout;
 pub mod criu_check;

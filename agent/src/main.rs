@@ -3,6 +3,8 @@
 
 mod cmd;
 
+use std::process::ExitCode;
+
 use clap::Parser;
 use cmd::{Cli, Command, LogFormat};
 
@@ -11,17 +13,30 @@ fn init_tracing(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        // Progress bars step aside for each log line (no stale bars in the scrollback).
+        .with_writer(|| ms2m_agent::transfer::progress_bar::LogWriter)
+        .with_ansi(ms2m_agent::cli::stderr_color());
     match format {
         LogFormat::Json => b.json().init(),
         LogFormat::Text => b.init(),
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
+    // Usage errors exit 2 (clap) before anything starts.
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", ms2m_agent::cli::report(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
     // Before anything that may open a TLS connection (oci-client/reqwest panic otherwise).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
     init_tracing(cli.log_format);
     // Socket activation: take systemd's fds while this is the only thread.
     let inherited = match &cli.command {

@@ -12,6 +12,10 @@ use prometheus_client::registry::Registry;
 
 use crate::jobs::{JobKind, JobStatus};
 
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
     kind: String,
@@ -147,6 +151,54 @@ impl Metrics {
         }
     }
 
+    /// The exposition in the format `accept` (an HTTP `Accept` value) asks for:
+    /// OpenMetrics when it names `application/openmetrics-text`, else Prometheus text
+    /// 0.0.4, which every scraper and `promtool check metrics` read. Returns the body
+    /// and its content type.
+    pub fn encode_for(&self, accept: Option<&str>) -> (String, &'static str) {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            (self.encode(), OPENMETRICS_CONTENT_TYPE)
+        } else {
+            (self.encode_text(), TEXT_CONTENT_TYPE)
+        }
+    }
+
+    /// Prometheus text format 0.0.4, derived from the OpenMetrics exposition (the only
+    /// one prometheus-client writes). They differ in three places: counter families are
+    /// named with their `_total` suffix, and there are no `# UNIT` lines or `# EOF`.
+    pub fn encode_text(&self) -> String {
+        let om = self.encode();
+        let counters: std::collections::HashSet<&str> = om
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+            .collect();
+        let mut out = String::with_capacity(om.len());
+        for line in om.lines() {
+            if line == "# EOF" || line.starts_with("# UNIT ") {
+                continue;
+            }
+            let meta = ["# HELP ", "# TYPE "]
+                .into_iter()
+                .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+            match meta {
+                Some((p, rest)) => {
+                    let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                    let suffix = if counters.contains(name) {
+                        "_total"
+                    } else {
+                        ""
+                    };
+                    out.push_str(&format!("{p}{name}{suffix} {tail}\n"));
+                }
+                None => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
+    }
+
     /// OpenMetrics text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
@@ -160,6 +212,31 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_format_follows_accept() {
+        let m = Metrics::new();
+        m.bytes_moved(JobKind::Push, 7);
+        let (om, ct) = m.encode_for(Some(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        ));
+        assert_eq!(ct, OPENMETRICS_CONTENT_TYPE);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE ms2m_agent_bytes_moved counter"), "{om}");
+        for accept in [None, Some("text/plain"), Some("*/*")] {
+            let (text, ct) = m.encode_for(accept);
+            assert_eq!(ct, TEXT_CONTENT_TYPE);
+            assert!(!text.contains("# EOF"), "{text}");
+            assert!(
+                text.contains("# TYPE ms2m_agent_bytes_moved_total counter"),
+                "{text}"
+            );
+            assert!(
+                text.contains("ms2m_agent_bytes_moved_total{kind=\"push\"} 7"),
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn exposition_names_every_family_with_labels() {

@@ -256,6 +256,22 @@ struct ErrorDetail {
     message: String,
 }
 
+/// hyper-util's errors say only "client error (Connect)" and keep the reason (the
+/// socket's "No such file or directory", "Connection refused") in their sources.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 enum Transport {
     Unix(Client<hyperlocal::UnixConnector, Full<Bytes>>),
     Tcp(Client<HttpConnector, Full<Bytes>>),
@@ -314,7 +330,7 @@ impl AgentClient {
                 Transport::Unix(c) => c.request(req).await,
                 Transport::Tcp(c) => c.request(req).await,
             }
-            .map_err(|e| transport(format!("{e:#}")))?;
+            .map_err(|e| transport(error_chain(&e)))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()

@@ -92,6 +92,7 @@ pub async fn round<W: World + ?Sized>(
         obs.fatal = fatal.take();
     }
     let decision = decide(plan, progress, &obs);
+    crate::metrics::record(&decision);
     if decision.progress != *progress {
         world.persist(&decision.progress).await?;
         *progress = decision.progress.clone();

@@ -2,9 +2,11 @@
 //! message queues. The node agents do all node work; this crate only decides and asks.
 
 pub mod agent_client;
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod driver;
 pub mod engine;
 pub mod messaging;
+pub mod metrics;
 pub mod standalone;

@@ -2,11 +2,12 @@
 //! the CRD generator.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use ms2m_shim::agent_client::AgentAddr;
+use ms2m_shim::agent_client::{AgentAddr, AgentClient};
 use ms2m_shim::controller::{self, AgentDiscovery};
 use ms2m_shim::engine::{ReplayMode, TransferMode};
 use ms2m_shim::standalone::{self, Settings};
@@ -26,6 +27,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the StatefulMigration controller (in-cluster or with a kubeconfig).
+    #[command(after_help = "EXAMPLES:
+  # In the cluster (deploy/base/shim.yaml runs exactly this):
+  ms2m-shim controller
+  # From a workstation, against the current kubeconfig context:
+  RUST_LOG=ms2m_shim=debug ms2m-shim controller --agent-namespace ms2m-system")]
     Controller {
         /// Namespace of the agent DaemonSet and its token Secret.
         #[arg(long, env = "MS2M_AGENT_NAMESPACE", default_value = "ms2m-system")]
@@ -44,10 +50,26 @@ enum Cmd {
             default_value = "ms2m-agent-token"
         )]
         agent_token_secret: String,
+        /// Where to serve Prometheus metrics (`GET /metrics`).
+        #[arg(long, env = "MS2M_METRICS_LISTEN", default_value = "0.0.0.0:9412")]
+        metrics_listen: std::net::SocketAddr,
     },
     /// Migrate a runc container between two agents, without Kubernetes.
+    #[command(after_help = "EXAMPLES:
+  # Through a registry, both agents on this machine's Unix sockets:
+  ms2m-shim migrate --source-agent /run/ms2m/a.sock --target-agent /run/ms2m/b.sock \\
+    --container counter --image 127.0.0.1:5000/ms2m/counter:ckpt \\
+    --broker-url amqp://guest:guest@127.0.0.1:5672/%2f --queue orders --exchange orders.fanout
+  # Agent to agent, no registry; resumable with a state file:
+  ms2m-shim migrate --source-agent http://10.0.0.1:9411 --target-agent http://10.0.0.2:9411 \\
+    --agent-token-file token --transfer direct --direct-target http://10.0.0.2:9411 \\
+    --container counter --broker-url amqp://... --queue orders --exchange orders.fanout \\
+    --state-file counter.migration.json --json")]
     Migrate(Box<MigrateArgs>),
-    /// Print the CustomResourceDefinition (deploy/crd.yaml).
+    /// Print the CustomResourceDefinition (deploy/base/crd.yaml).
+    #[command(after_help = "EXAMPLES:
+  ms2m-shim crdgen > deploy/base/crd.yaml
+  ms2m-shim crdgen | kubectl apply -f -")]
     Crdgen,
 }
 
@@ -132,8 +154,11 @@ struct MigrateArgs {
     replay_mode: Mode,
     #[arg(long, default_value_t = 60)]
     replay_cutoff_seconds: u64,
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     phase_timeout_seconds: u64,
+    /// How long to wait for each agent to answer before anything starts.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+    connect_timeout_seconds: u64,
     /// Checkpoint id on the agents (default: <container>-<unix millis>).
     #[arg(long)]
     checkpoint_id: Option<String>,
@@ -197,8 +222,91 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
     })
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Both agents must answer before the migration touches anything; otherwise the first
+/// phase would retry for its whole timeout (300 s by default) and say little.
+async fn agents_answer(s: &Settings, within: Duration) -> anyhow::Result<()> {
+    for (role, addr) in [("source", &s.source_agent), ("target", &s.target_agent)] {
+        let client = AgentClient::new(addr.clone());
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let err = match tokio::time::timeout(left, client.ready()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer".to_owned(),
+            };
+            if Instant::now() >= deadline {
+                bail!(
+                    "the {role} agent at {addr} did not answer within {} s ({err}); is `ms2m-agent serve` running there?",
+                    within.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+        }
+    }
+    Ok(())
+}
+
+/// What clap's attributes cannot say: which arguments a transfer mode needs (clap's
+/// `required_if_eq` ignores default values, and `registry` is the default).
+fn check_usage(cli: &Cli) -> Result<(), clap::Error> {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+    if let Cmd::Migrate(a) = &cli.cmd {
+        let missing = match a.transfer {
+            Transfer::Registry if a.image.is_none() => {
+                Some("--image <IMAGE> (with --transfer registry, the default)")
+            }
+            Transfer::Direct if a.direct_target.is_none() => {
+                Some("--direct-target <URL> (with --transfer direct)")
+            }
+            _ => None,
+        };
+        if let Some(m) = missing {
+            let mut cmd = Cli::command();
+            let sub = cmd
+                .find_subcommand_mut("migrate")
+                .expect("migrate subcommand")
+                .clone();
+            return Err(sub.bin_name("ms2m-shim migrate").error(
+                ErrorKind::MissingRequiredArgument,
+                format!("the following required argument was not provided:\n  {m}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 (clap) before anything starts.
+    let cli = Cli::parse();
+    if let Err(e) = check_usage(&cli) {
+        e.exit();
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(ms2m_shim::cli::stderr_color())
+        .init();
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{}", ms2m_shim::cli::report(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{}", ms2m_shim::cli::report(&*e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     // Before any TLS use: kube's rustls client needs a process-wide provider, and ring is
     // the only one in the tree.
     if rustls::crypto::ring::default_provider()
@@ -207,13 +315,6 @@ async fn main() -> anyhow::Result<()> {
     {
         bail!("a rustls crypto provider was already installed");
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
     match cli.cmd {
         Cmd::Crdgen => {
             print!("{}", ms2m_shim::crd::crd_yaml());
@@ -223,10 +324,19 @@ async fn main() -> anyhow::Result<()> {
             agent_selector,
             agent_port,
             agent_token_secret,
+            metrics_listen,
         } => {
             let client = kube::Client::try_default()
                 .await
                 .context("no Kubernetes configuration (in-cluster or kubeconfig)")?;
+            let metrics = tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("serving metrics on {metrics_listen}"))?;
+            tokio::spawn(async move {
+                if let Err(e) = ms2m_shim::metrics::serve(metrics).await {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            });
             let discovery = AgentDiscovery {
                 namespace: agent_namespace,
                 selector: agent_selector,
@@ -238,7 +348,9 @@ async fn main() -> anyhow::Result<()> {
         Cmd::Migrate(args) => {
             let json = args.json;
             let state_file = args.state_file.clone();
+            let connect = Duration::from_secs(args.connect_timeout_seconds);
             let s = settings(args)?;
+            agents_answer(&s, connect).await?;
             let report = standalone::migrate_with_state(s, !json, state_file).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -246,9 +358,9 @@ async fn main() -> anyhow::Result<()> {
                 eprint!("{}", standalone::timing_table(&report));
             }
             if !report.succeeded {
-                std::process::exit(1);
+                return Ok(ExitCode::FAILURE);
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

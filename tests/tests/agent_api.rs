@@ -56,7 +56,12 @@ fn probes_and_metrics() {
         "{}",
         r.body
     );
-    let m = agent.call("GET", "/metrics", None);
+    let m = agent.call_with(
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text; version=1.0.0")],
+        None,
+    );
     assert_eq!(m.status, 200);
     assert!(m.header("content-type").unwrap().contains("openmetrics"));
     assert!(

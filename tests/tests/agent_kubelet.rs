@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use agent_common::{Agent, AgentOptions, copy_tree};
+use ms2m_agent::config::Overrides;
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
 use ms2m_tests::env;
@@ -424,6 +425,41 @@ fn kubelet_backend_checkpoints_through_the_kubelet_api() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(names.len(), 1, "failed checkpoints left files: {names:?}");
+
+    // kubeadm's self-signed kubelet certificates name the node, not its IP: with
+    // tls_server_name the agent still connects to the URL's IP but checks the name. The
+    // stand-in's certificate names `localhost`; a 404 proves the handshake passed.
+    std::fs::write(&token_file, "sa-token-value\n").unwrap();
+    let named = |name: &str| {
+        let a = Agent::start(AgentOptions {
+            kubelet: Some((
+                format!("https://127.0.0.1:{}", kubelet.addr.port()),
+                token_file.clone(),
+                tls.ca.clone(),
+                kubelet_dir.clone(),
+            )),
+            overrides: Overrides {
+                kubelet_tls_server_name: Some(name.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        });
+        a.run_job(
+            "/v1/checkpoints",
+            &json!({"backend": "kubelet", "namespace": "default", "pod": "nosuch-0", "container": "app"}),
+        )
+    };
+    let ok = named("localhost");
+    assert_eq!(ok["error"]["code"], "container_not_found", "{ok}");
+    let wrong = named("node-a");
+    assert_eq!(wrong["error"]["code"], "kubelet_error", "{wrong}");
+    assert!(
+        wrong["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("node-a"),
+        "{wrong}"
+    );
 }
 
 /// Kubernetes names are DNS-1123 before anything is sent (issue 13): a namespace `..`

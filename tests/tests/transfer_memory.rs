@@ -41,7 +41,7 @@ async fn a_4_gib_push_stays_under_64_mib_peak_rss() {
         "4 GiB push: peak RSS {:.1} MiB, {} bytes uploaded, {} ms",
         peak as f64 / 1048576.0,
         result["bytes_uploaded"],
-        result["elapsed"]
+        result["elapsed_ms"]
     );
     assert!(
         peak < BOUND,

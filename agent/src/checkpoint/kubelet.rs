@@ -7,6 +7,7 @@
 //! directory (`kubelet.checkpoint_dir`), unpacks it with the archive safety rules,
 //! and removes it: the kubelet never garbage-collects these archives.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +74,27 @@ fn segment(s: &str) -> String {
     out
 }
 
+/// `url` with its host replaced by `name`, and the socket address the original host
+/// (which must be an IP: a name would need its own DNS lookup) and port stand for.
+fn with_server_name(url: &str, name: &str) -> Result<(String, SocketAddr), BackendError> {
+    let mut u = reqwest::Url::parse(url)
+        .map_err(|e| BackendError::Kubelet(format!("kubelet URL {url:?}: {e}")))?;
+    let host = u.host_str().unwrap_or_default();
+    let ip: IpAddr = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| {
+            BackendError::Kubelet(format!(
+                "kubelet.tls_server_name needs an IP address in kubelet.url, not {url:?}"
+            ))
+        })?;
+    let port = u.port_or_known_default().unwrap_or(10250);
+    u.set_host(Some(name))
+        .map_err(|e| BackendError::Kubelet(format!("kubelet.tls_server_name {name:?}: {e}")))?;
+    Ok((u.to_string(), SocketAddr::new(ip, port)))
+}
+
 impl KubeletBackend {
     fn url(&self) -> String {
         format!(
@@ -95,12 +117,20 @@ impl KubeletBackend {
                     self.config.token_file.display()
                 ))
             })?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls_config(&self.config.ca_file)?)
-            .timeout(self.timeout + Duration::from_secs(30))
+            .timeout(self.timeout + Duration::from_secs(30));
+        let mut url = self.url();
+        if let Some(name) = &self.config.tls_server_name {
+            // reqwest checks the certificate against the URL's host: put the name there
+            // and pin it to the address the configured URL points at.
+            let (named, addr) = with_server_name(&url, name)?;
+            builder = builder.resolve(name, addr);
+            url = named;
+        }
+        let client = builder
             .build()
             .map_err(|e| BackendError::Kubelet(e.to_string()))?;
-        let url = self.url();
         tracing::info!(%url, "asking the kubelet for a checkpoint");
         let resp = client
             .post(&url)
@@ -207,12 +237,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_server_name_replaces_the_host_and_pins_the_address() {
+        let (url, addr) = with_server_name(
+            "https://10.0.0.1:10250/checkpoint/a/b/c?timeout=5",
+            "node-a",
+        )
+        .unwrap();
+        assert_eq!(url, "https://node-a:10250/checkpoint/a/b/c?timeout=5");
+        assert_eq!(addr, "10.0.0.1:10250".parse().unwrap());
+        let e = with_server_name("https://node-a:10250/", "node-a").unwrap_err();
+        assert!(e.to_string().contains("needs an IP address"), "{e}");
+    }
+
+    #[test]
     fn url_is_the_kubelet_route() {
         let b = KubeletBackend {
             config: KubeletConfig {
                 url: "https://10.0.0.1:10250/".into(),
                 token_file: "/t".into(),
                 ca_file: "/c".into(),
+                tls_server_name: None,
                 checkpoint_dir: "/k".into(),
             },
             namespace: "default".into(),

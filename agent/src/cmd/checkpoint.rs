@@ -25,6 +25,9 @@ pub struct Args {
         default_value = "/run/ms2m/agent.sock"
     )]
     pub socket: PathBuf,
+    /// Print the agent's result as JSON on stdout instead of a summary line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -41,6 +44,17 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         body["rootfs_image"] = serde_json::json!(r);
     }
     let r = super::agent_client::run_job(&a.socket, "/v1/checkpoints", body).await?;
-    println!("{}", serde_json::to_string_pretty(&r)?);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "checkpoint {}: {} bytes at {} (CRIU {}, frozen {} ms)",
+            r["checkpoint_id"].as_str().unwrap_or("?"),
+            r["size_bytes"],
+            r["path"].as_str().unwrap_or("?"),
+            r["criu_version"].as_str().unwrap_or("?"),
+            r["frozen_ms"]
+        );
+    }
     Ok(())
 }

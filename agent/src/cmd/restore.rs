@@ -24,6 +24,9 @@ pub struct Args {
         default_value = "/run/ms2m/agent.sock"
     )]
     pub socket: PathBuf,
+    /// Print the agent's result as JSON on stdout instead of a summary line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
@@ -39,6 +42,16 @@ pub async fn run(a: Args) -> anyhow::Result<()> {
         body["rootfs"] = serde_json::json!(r);
     }
     let r = super::agent_client::run_job(&a.socket, "/v1/restores", body).await?;
-    println!("{}", serde_json::to_string_pretty(&r)?);
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "restored {} (pid {}, hostname {}) in {} ms",
+            r["container_id"].as_str().unwrap_or("?"),
+            r["pid"],
+            r["hostname"].as_str().unwrap_or("?"),
+            r["restore_ms"]
+        );
+    }
     Ok(())
 }

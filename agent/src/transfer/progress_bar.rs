@@ -1,10 +1,39 @@
 //! The CLI's view of a `Progress`: an indicatif bar on stderr, drawn only when stderr is
 //! a terminal (indicatif's stderr target hides itself otherwise), so logs and CI output
 //! stay clean.
+//!
+//! Bars live in one process-wide `MultiProgress`, and log lines go through [`LogWriter`],
+//! which clears the bars, writes the line and redraws them: a log line never leaves a
+//! half-drawn bar behind it in the scrollback.
 
+use std::io::Write;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)))
+}
+
+/// stderr for log lines, with the progress bars out of the way while a line is written
+/// (`tracing_subscriber::fmt().with_writer(|| LogWriter)`).
+pub struct LogWriter;
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        bars().suspend(|| std::io::stderr().write(buf))
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        bars().suspend(|| std::io::stderr().write_all(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 use super::{LayerState, Progress};
 
@@ -17,7 +46,7 @@ pub struct Bar {
 impl Bar {
     /// `verb` is shown before the figures ("pushing", "pulling", "sending").
     pub fn spawn(progress: Progress, verb: &'static str) -> Self {
-        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(4));
+        let bar = bars().add(ProgressBar::new_spinner());
         bar.set_style(
             ProgressStyle::with_template("{spinner} {prefix} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -55,6 +84,7 @@ impl Bar {
                 }
             }
             bar.finish_and_clear();
+            bars().remove(&bar);
         });
         Self {
             stop: Some(tx),

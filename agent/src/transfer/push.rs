@@ -74,15 +74,18 @@ pub struct PushResult {
     /// Uncompressed archive bytes.
     pub archive_bytes: u64,
     pub layers: Vec<LayerSummary>,
-    #[serde(with = "millis")]
+    // JSON names carry their unit (`*_ms`, `*_bytes`), as every other result does.
+    #[serde(with = "millis", rename = "elapsed_ms")]
     pub elapsed: Duration,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct LayerSummary {
     pub digest: String,
+    #[serde(rename = "size_bytes")]
     pub size: u64,
     pub diff_id: String,
+    #[serde(rename = "uncompressed_size_bytes")]
     pub uncompressed_size: u64,
 }
 

@@ -1,5 +1,5 @@
 //! Every Kubernetes API call the controller makes, in one table. Call sites name their
-//! entry; `deploy/rbac.yaml` must grant exactly these (a test compares), and the mocked-API
+//! entry; `deploy/base/rbac.yaml` must grant exactly these (a test compares), and the mocked-API
 //! scenario tests check that every request they see is one of them.
 
 /// One (API group, resource, verb) the controller uses.

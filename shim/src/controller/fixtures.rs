@@ -58,7 +58,7 @@ impl ApiServerVerifier {
         );
         assert!(
             api_calls::classify(method.as_str(), path).is_some(),
-            "{method} {path} is not in the API call table (deploy/rbac.yaml would refuse it)"
+            "{method} {path} is not in the API call table (deploy/base/rbac.yaml would refuse it)"
         );
         let query = req.uri().query().unwrap_or_default().to_owned();
         let bytes = req.into_body().collect_bytes().await.unwrap();

@@ -50,8 +50,13 @@ pub enum Error {
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("migration object lacks {0}")]
     Incomplete(&'static str),
-    #[error("StatefulMigration CRD not queryable ({0}): install deploy/crd.yaml")]
-    CrdMissing(#[source] kube::Error),
+    #[error(
+        "the API server has no StatefulMigration resource: install ms2m with `kubectl apply -k deploy/overlays/<yours>` (or just deploy/base/crd.yaml)"
+    )]
+    CrdMissing,
+    /// Anything but a 404 says nothing about the CRD: no API server, no permission.
+    #[error("listing StatefulMigrations through the Kubernetes API")]
+    ApiUnavailable(#[source] kube::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -239,7 +244,10 @@ pub async fn run(client: Client, discovery: AgentDiscovery) -> Result<()> {
     migrations
         .list(&kube::api::ListParams::default().limit(1))
         .await
-        .map_err(Error::CrdMissing)?;
+        .map_err(|e| match e {
+            kube::Error::Api(s) if s.is_not_found() => Error::CrdMissing,
+            e => Error::ApiUnavailable(e),
+        })?;
     let backends = Arc::new(ClusterBackends::new(client.clone(), discovery));
     let ctx = Arc::new(Context::new(client, backends));
     Controller::new(migrations, Config::default().any_semantic())

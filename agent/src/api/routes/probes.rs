@@ -41,15 +41,12 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     axum::Json(serde_json::json!({"status": "ready", "criu_version": criu})).into_response()
 }
 
-pub async fn metrics(State(s): State<AppState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+/// Prometheus asks for OpenMetrics in `Accept`; anything else (curl, promtool, older
+/// scrapers) gets the classic text format.
+pub async fn metrics(State(s): State<AppState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (body, content_type) = s.metrics.encode_for(accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
