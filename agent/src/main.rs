@@ -42,6 +42,7 @@ fn main() -> anyhow::Result<()> {
             Command::Pull(a) => cmd::pull::run(a).await,
             Command::Import(a) => cmd::import::run(a).await,
             Command::Bench(a) => cmd::bench::run(a).await,
+            Command::Certs(a) => cmd::certs::run(a).await,
         }
     })
 }

@@ -2,6 +2,7 @@
 
 mod agent_client;
 pub mod bench;
+pub mod certs;
 pub mod checkpoint;
 pub mod criu_check;
 pub mod import;
@@ -57,6 +58,8 @@ pub enum Command {
     Pull(pull::Args),
     /// Import a checkpoint into this node's image store (containers-storage or containerd).
     Import(import::Args),
+    /// Make the cluster CA and issue shim/agent certificates (mutual TLS).
+    Certs(certs::Args),
     /// Measure this node's path to a registry, stage by stage (read, hash, compress, upload).
     Bench(bench::Args),
 }
