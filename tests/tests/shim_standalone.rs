@@ -114,6 +114,7 @@ impl Rig {
             )),
             insecure_registry: false,
             direct_target: agent_b.tcp.map(|a| format!("http://{a}")),
+            direct_target_node: None,
             broker_url: amqp,
             queue,
             exchange: format!("{base}.x"),
