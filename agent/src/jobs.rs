@@ -736,11 +736,15 @@ mod tests {
                 Ok(serde_json::Value::Null)
             }
         };
-        let a = jobs.spawn(JobKind::Push, "x", hold(release.clone())).unwrap();
+        let a = jobs
+            .spawn(JobKind::Push, "x", hold(release.clone()))
+            .unwrap();
         let b = jobs
             .spawn(JobKind::Checkpoint, "x", hold(release.clone()))
             .unwrap();
-        let c = jobs.spawn(JobKind::Pull, "x", hold(release.clone())).unwrap();
+        let c = jobs
+            .spawn(JobKind::Pull, "x", hold(release.clone()))
+            .unwrap();
         assert_eq!(
             (a.status, b.status, c.status),
             (JobStatus::Running, JobStatus::Running, JobStatus::Queued)
@@ -758,7 +762,9 @@ mod tests {
         // A queued job can be cancelled, and gives its place back.
         let c = jobs.cancel(&c.id, false).await.unwrap();
         assert_eq!(c.status, JobStatus::Cancelled);
-        let d = jobs.spawn(JobKind::Pull, "x", hold(release.clone())).unwrap();
+        let d = jobs
+            .spawn(JobKind::Pull, "x", hold(release.clone()))
+            .unwrap();
         assert_eq!(d.status, JobStatus::Queued);
         release.cancel();
         for id in [&a.id, &b.id, &d.id, &r.id] {

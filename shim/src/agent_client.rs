@@ -301,6 +301,19 @@ fn tls_client(dir: &std::path::Path) -> std::result::Result<HttpsClient, String>
     Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
+/// An error with its causes: hyper's "client error (Connect)" hides the reason (a TLS
+/// refusal, a refused connection) in its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
 /// A client for one agent.
 pub struct AgentClient {
     addr: AgentAddr,
@@ -357,7 +370,7 @@ impl AgentClient {
                 Transport::Tls(Ok(c)) => c.request(req).await,
                 Transport::Tls(Err(e)) => return Err(transport(format!("TLS files: {e}"))),
             }
-            .map_err(|e| transport(format!("{e:#}")))?;
+            .map_err(|e| transport(chain(&e)))?;
             let status = resp.status();
             let bytes = resp
                 .into_body()

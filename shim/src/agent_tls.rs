@@ -35,15 +35,14 @@ pub fn client_config(dir: &Path) -> Result<rustls::ClientConfig, String> {
         roots: Arc::new(roots),
         algs: provider.signature_verification_algorithms,
     });
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+    // ALPN is left to the connector (hyper-rustls sets http/1.1 and refuses a preset).
+    rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(certs("tls.crt")?, key)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(cfg)
+        .map_err(|e| format!("{}: {e}", dir.display()))
 }
 
 #[derive(Debug)]

@@ -162,7 +162,11 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
         .unwrap_or_else(|| format!("{}-ms2m", a.container));
     let millis = jiff::Timestamp::now().as_millisecond();
     Ok(Settings {
-        source_agent: AgentAddr::parse_with(&a.source_agent, token.clone(), a.agent_tls_dir.clone())?,
+        source_agent: AgentAddr::parse_with(
+            &a.source_agent,
+            token.clone(),
+            a.agent_tls_dir.clone(),
+        )?,
         target_agent: AgentAddr::parse_with(&a.target_agent, token, a.agent_tls_dir.clone())?,
         control_name: a.control_name.unwrap_or_else(|| target_container.clone()),
         checkpoint_id: a

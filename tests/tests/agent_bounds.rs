@@ -31,7 +31,10 @@ fn closed_by_server(mut s: &TcpStream) -> bool {
 #[test]
 fn a_flood_of_idle_connections_leaves_the_probes_answering() {
     let have = raise_nofile();
-    assert!(have >= 4096, "this test needs 4096 fds, the hard limit is {have}");
+    assert!(
+        have >= 4096,
+        "this test needs 4096 fds, the hard limit is {have}"
+    );
     let addr = free_port();
     // 1024 fds for the agent: with no cap, 3000 connections exhaust them (the issue's
     // run: 372 connections on 256 fds made /healthz time out).
@@ -47,13 +50,11 @@ fn a_flood_of_idle_connections_leaves_the_probes_answering() {
     for _ in 0..3000 {
         let mut s = TcpStream::connect(addr).expect("connect");
         // Half a request, no token, never finished.
-        s.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n").unwrap();
+        s.write_all(b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
         flood.push(s);
     }
-    println!(
-        "opened 3000 half-sent connections in {:?}",
-        t0.elapsed()
-    );
+    println!("opened 3000 half-sent connections in {:?}", t0.elapsed());
     let mut latencies = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -70,10 +71,7 @@ fn a_flood_of_idle_connections_leaves_the_probes_answering() {
         *worst < Duration::from_secs(10),
         "sanity bound: /healthz took {worst:?}"
     );
-    let open = flood
-        .iter()
-        .filter(|s| !closed_by_server(s))
-        .count();
+    let open = flood.iter().filter(|s| !closed_by_server(s)).count();
     println!("connections the agent still holds after the flood: {open} (cap 256)");
     assert!(open <= 256, "{open} connections open, the cap is 256");
 
@@ -82,10 +80,7 @@ fn a_flood_of_idle_connections_leaves_the_probes_answering() {
     let t = Instant::now();
     let deadline = t + Duration::from_secs(60);
     loop {
-        let open = flood
-            .iter()
-            .filter(|s| !closed_by_server(s))
-            .count();
+        let open = flood.iter().filter(|s| !closed_by_server(s)).count();
         if open == 0 {
             break;
         }
@@ -103,7 +98,8 @@ fn a_flood_of_idle_connections_leaves_the_probes_answering() {
 
     // A kept-alive connection that goes idle after its answer is closed too.
     let mut s = TcpStream::connect(addr).unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
@@ -113,7 +109,9 @@ fn a_flood_of_idle_connections_leaves_the_probes_answering() {
         assert!(n > 0, "closed before answering");
         got.extend_from_slice(&buf[..n]);
     }
-    let n = s.read(&mut buf).expect("the idle connection is closed within 60 s");
+    let n = s
+        .read(&mut buf)
+        .expect("the idle connection is closed within 60 s");
     assert_eq!(n, 0, "unexpected bytes after the answer");
     println!("kept-alive idle connection closed after {:?}", t.elapsed());
 }
@@ -207,8 +205,13 @@ fn two_hundred_concurrent_imports_run_at_most_n_at_once() {
             s => panic!("unexpected answer {s}: {}", r.body),
         }
     }
-    println!("200 concurrent POST /v1/images: {running} running, {queued} queued, {refused} refused (429)");
-    assert!(running <= 2 && running + queued <= 10, "{running} + {queued}");
+    println!(
+        "200 concurrent POST /v1/images: {running} running, {queued} queued, {refused} refused (429)"
+    );
+    assert!(
+        running <= 2 && running + queued <= 10,
+        "{running} + {queued}"
+    );
     assert!(refused >= 190, "{refused} refused");
     for id in &accepted {
         let j = agent.wait_job(id);
@@ -221,8 +224,14 @@ fn two_hundred_concurrent_imports_run_at_most_n_at_once() {
         "skopeo processes at once: at most {peak} ({} samples of /proc)",
         samples.load(Ordering::SeqCst)
     );
-    assert!(peak >= 1, "the sampler never saw skopeo: it observes nothing");
-    assert!(peak <= 2, "{peak} skopeo processes at once, max_concurrent_jobs is 2");
+    assert!(
+        peak >= 1,
+        "the sampler never saw skopeo: it observes nothing"
+    );
+    assert!(
+        peak <= 2,
+        "{peak} skopeo processes at once, max_concurrent_jobs is 2"
+    );
 }
 
 /// One Direct-mode frame: kind, layer, length, payload.

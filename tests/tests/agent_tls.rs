@@ -47,7 +47,14 @@ impl Pki {
         let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
         certs(&["init", "--dir", &p("ca")]);
         certs(&["init", "--dir", &p("other-ca")]);
-        certs(&["issue", "--ca-dir", &p("ca"), "--out-dir", &p("shim"), "--shim"]);
+        certs(&[
+            "issue",
+            "--ca-dir",
+            &p("ca"),
+            "--out-dir",
+            &p("shim"),
+            "--shim",
+        ]);
         for node in ["node-a", "node-b"] {
             certs(&[
                 "issue",
@@ -150,11 +157,9 @@ fn tls_call(
             .unwrap(),
         None => b.with_no_client_auth(),
     };
-    let conn = rustls::ClientConnection::new(
-        Arc::new(cfg),
-        ServerName::IpAddress(addr.ip().into()),
-    )
-    .unwrap();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(cfg), ServerName::IpAddress(addr.ip().into()))
+            .unwrap();
     let tcp = TcpStream::connect(addr)?;
     tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
     http(
@@ -254,9 +259,7 @@ fn mutual_tls_between_shim_and_agents_with_per_verb_identities() {
         "POST",
         "/v1/direct/sends",
         &[],
-        Some(
-            format!(r#"{{"checkpoint_id":"ck","target":"https://{b_addr}"}}"#).as_bytes(),
-        ),
+        Some(format!(r#"{{"checkpoint_id":"ck","target":"https://{b_addr}"}}"#).as_bytes()),
     )
     .unwrap();
     assert_eq!(r.status, 400, "{}", r.body);
@@ -274,7 +277,12 @@ fn mutual_tls_between_shim_and_agents_with_per_verb_identities() {
         Some(b""),
     )
     .unwrap();
-    assert_eq!((r.status, r.code().as_str()), (403, "forbidden"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.code().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.body
+    );
     for (method, path, body) in [
         (
             "POST",
@@ -302,7 +310,10 @@ fn mutual_tls_between_shim_and_agents_with_per_verb_identities() {
             r.body
         );
     }
-    assert!(a.state().join("checkpoints/ck").exists(), "a refused DELETE deleted");
+    assert!(
+        a.state().join("checkpoints/ck").exists(),
+        "a refused DELETE deleted"
+    );
     let r = tls_call(a_addr, &ca, None, "GET", "/v1/jobs", &[], None).unwrap();
     assert_eq!(
         (r.status, r.code().as_str()),
@@ -327,11 +338,27 @@ fn mutual_tls_between_shim_and_agents_with_per_verb_identities() {
 
     // A certificate of another CA and an expired one are refused in the handshake;
     // the same request with the valid shim certificate passes.
-    let ok = tls_call(a_addr, &ca, Some(&pki.path("shim")), "GET", "/v1/jobs", &[], None)
-        .unwrap();
+    let ok = tls_call(
+        a_addr,
+        &ca,
+        Some(&pki.path("shim")),
+        "GET",
+        "/v1/jobs",
+        &[],
+        None,
+    )
+    .unwrap();
     assert_eq!(ok.status, 200, "{}", ok.body);
     for who in ["rogue-shim", "expired-shim"] {
-        let r = tls_call(a_addr, &ca, Some(&pki.path(who)), "GET", "/v1/jobs", &[], None);
+        let r = tls_call(
+            a_addr,
+            &ca,
+            Some(&pki.path(who)),
+            "GET",
+            "/v1/jobs",
+            &[],
+            None,
+        );
         assert!(r.is_err(), "{who} was served: {r:?}");
     }
     // And the other way: a client trusting another CA refuses the agent.

@@ -103,11 +103,18 @@ mod tests {
         assert!(authorize(&shim, "/v1/checkpoints").is_ok());
         assert!(authorize(&shim, "/v1/direct/sends").is_ok());
         assert_eq!(
-            authorize(&shim, "/v1/direct/receive/c1").unwrap_err().status,
+            authorize(&shim, "/v1/direct/receive/c1")
+                .unwrap_err()
+                .status,
             StatusCode::FORBIDDEN
         );
         assert!(authorize(&agent, "/v1/direct/receive/c1").is_ok());
-        for p in ["/v1/checkpoints", "/v1/restores", "/v1/direct/sends", "/metrics"] {
+        for p in [
+            "/v1/checkpoints",
+            "/v1/restores",
+            "/v1/direct/sends",
+            "/metrics",
+        ] {
             assert_eq!(
                 authorize(&agent, p).unwrap_err().status,
                 StatusCode::FORBIDDEN,
@@ -116,7 +123,9 @@ mod tests {
         }
         assert!(authorize(&Identity::Anonymous, "/healthz").is_ok());
         assert_eq!(
-            authorize(&Identity::Anonymous, "/v1/jobs").unwrap_err().status,
+            authorize(&Identity::Anonymous, "/v1/jobs")
+                .unwrap_err()
+                .status,
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(

@@ -87,8 +87,7 @@ struct Conn {
 
 impl Conn {
     fn idle_for(&self) -> Option<Duration> {
-        (self.busy.load(Ordering::SeqCst) == 0)
-            .then(|| lock(&self.idle_since).elapsed())
+        (self.busy.load(Ordering::SeqCst) == 0).then(|| lock(&self.idle_since).elapsed())
     }
 }
 

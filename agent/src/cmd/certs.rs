@@ -73,7 +73,9 @@ fn ca_params() -> CertificateParams {
 
 /// `[start, start + days]` in whole days, from `backdate` days ago.
 fn validity(p: &mut CertificateParams, days: u32, backdate: u32) -> anyhow::Result<()> {
-    let today = jiff::Timestamp::now().to_zoned(jiff::tz::TimeZone::UTC).date();
+    let today = jiff::Timestamp::now()
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
     let start = today.checked_sub(jiff::Span::new().days(i64::from(backdate)))?;
     let end = start.checked_add(jiff::Span::new().days(i64::from(days)))?;
     p.not_before = rcgen::date_time_ymd(

@@ -732,11 +732,9 @@ fn start_decoder(l: &mut LayerIn, rx: &Rx, media_type: &'static str) {
                 media_type,
                 LayerHashes::BlobOnly,
             )?,
-            None => staging.unpack_layer_chunks_unverified(
-                chunks,
-                media_type,
-                LayerHashes::BlobOnly,
-            )?,
+            None => {
+                staging.unpack_layer_chunks_unverified(chunks, media_type, LayerHashes::BlobOnly)?
+            }
         })
     }));
     l.tx = Some(tx);
@@ -747,12 +745,7 @@ const SNIFF: usize = 4;
 
 /// Hands a DATA piece to the layer's decoder, starting it once the first bytes tell
 /// its compression. `Ok(false)`: the decoder stopped taking data.
-async fn feed(
-    l: &mut LayerIn,
-    rx: &Rx,
-    layer: usize,
-    piece: Bytes,
-) -> Result<bool, Error> {
+async fn feed(l: &mut LayerIn, rx: &Rx, layer: usize, piece: Bytes) -> Result<bool, Error> {
     if l.desc.is_some() {
         return Err(Error::Protocol(format!("layer {layer}: data after END")));
     }

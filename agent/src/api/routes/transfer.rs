@@ -240,10 +240,14 @@ pub async fn direct_send(
         // certificate and no bearer token.
         Some(files) => {
             let node = req.target_node.as_deref().ok_or_else(|| {
-                ApiError::invalid("target_node is required: the target must prove to be the agent of that node")
+                ApiError::invalid(
+                    "target_node is required: the target must prove to be the agent of that node",
+                )
             })?;
             if !crate::tls::valid_node_name(node) {
-                return Err(ApiError::invalid(format!("target_node {node:?} is not a node name")));
+                return Err(ApiError::invalid(format!(
+                    "target_node {node:?} is not a node name"
+                )));
             }
             if !req.target.starts_with("https://") {
                 return Err(ApiError::invalid(format!(
