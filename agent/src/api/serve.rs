@@ -370,3 +370,51 @@ async fn connection(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max: usize, probes: usize) -> Limits {
+        Limits {
+            max_connections: max,
+            probe_connections: probes,
+            ..Limits::default()
+        }
+    }
+
+    #[test]
+    fn a_full_gate_closes_the_longest_idle_connection_and_never_a_busy_one() {
+        let gate = Gate::new(&limits(3, 1));
+        let a = gate.admit().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        let b = gate.admit().unwrap();
+        let c = gate.admit().unwrap();
+        // `a` has a request in flight: `b` is the longest idle.
+        let busy = InFlight::new(&a.conn);
+        let d = gate.admit().unwrap();
+        assert!(b.conn.evict.is_cancelled());
+        assert!(!a.conn.evict.is_cancelled() && !c.conn.evict.is_cancelled());
+        assert_eq!(gate.open(), 3);
+        // Every connection busy: no room, nobody closed.
+        let _busy = [InFlight::new(&c.conn), InFlight::new(&d.conn)];
+        assert!(gate.admit().is_none());
+        assert!(!c.conn.evict.is_cancelled() && !d.conn.evict.is_cancelled());
+        // A request that ends makes its connection the first to go.
+        drop(busy);
+        let _e = gate.admit().unwrap();
+        assert!(a.conn.evict.is_cancelled());
+        drop(b);
+        assert_eq!(gate.open(), 3, "an evicted slot is not counted twice");
+    }
+
+    #[test]
+    fn probe_headroom_is_what_non_probe_requests_cannot_take() {
+        let gate = Gate::new(&limits(10, 3));
+        let permits: Vec<_> = (0..7)
+            .map(|_| gate.requests.clone().try_acquire_owned().unwrap())
+            .collect();
+        assert!(gate.requests.clone().try_acquire_owned().is_err());
+        drop(permits);
+    }
+}
