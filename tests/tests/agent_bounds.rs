@@ -308,3 +308,79 @@ fn a_zstd_bomb_is_refused_by_max_checkpoint_bytes_and_leaves_nothing() {
     let job = &jobs["jobs"].as_array().unwrap()[0];
     assert_eq!(job["error"]["code"], "checkpoint_too_large", "{job}");
 }
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+/// Starts a Direct receive of `id` whose stream opens `layers` zstd layers, then idles.
+fn idle_upload(agent: &Daemon, id: &str, layers: u16) -> std::os::unix::net::UnixStream {
+    let mut s = std::os::unix::net::UnixStream::connect(&agent.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    write!(
+        s,
+        "PUT /v1/direct/receive/{id} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\
+         Content-Type: application/vnd.ms2m.direct.v1\r\nContent-Length: 1000000000\r\n\r\n"
+    )
+    .unwrap();
+    for l in 0..layers {
+        // The zstd magic and the start of a frame header: the layer's decoder starts
+        // and waits for the rest.
+        s.write_all(&frame(1, l, &[0x28, 0xb5, 0x2f, 0xfd, 0x04, 0x58]))
+            .unwrap();
+    }
+    s
+}
+
+fn answer(mut s: std::os::unix::net::UnixStream) -> String {
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn idle_direct_uploads_hold_bounded_threads_and_time_out() {
+    let agent = Daemon::start(DaemonOptions {
+        config: "idle_timeout_seconds = 3\nmax_direct_layers = 16\nmax_concurrent_jobs = 2\n",
+        ..Default::default()
+    });
+    let base = threads(agent.pid());
+    // The issue's attack: 9 uploads left idle (here at the 16-layer cap each; the old
+    // agent also took 64). Two receive at once, the rest wait without threads.
+    let uploads: Vec<_> = (0..9)
+        .map(|i| idle_upload(&agent, &format!("idle-{i}"), 16))
+        .collect();
+    let mut peak = base;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(2) {
+        peak = peak.max(threads(agent.pid()));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready = agent.call("GET", "/readyz", None);
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    println!("agent threads: {base} before, at most {peak} with 9 idle 16-layer uploads");
+    // Per layer: its decoder thread and the decoder's hashing helper. Two receives
+    // of 16 layers at most; the old agent ran all nine (288 threads here).
+    assert!(
+        peak <= base + 2 * 16 * 2 + 8,
+        "{peak} threads (base {base}): receives are not bounded"
+    );
+    // Each idle upload fails once it delivers nothing for idle_timeout_seconds, and
+    // leaves nothing behind.
+    for s in uploads {
+        let a = answer(s);
+        assert!(a.starts_with("HTTP/1.1 422"), "{a}");
+        assert!(a.contains("delivered nothing"), "{a}");
+    }
+    // More layers than max_direct_layers: refused at the 17th.
+    let a = answer(idle_upload(&agent, "wide", 64));
+    assert!(a.starts_with("HTTP/1.1 422"), "{a}");
+    assert!(a.contains("max_direct_layers"), "{a}");
+    let left = Daemon::listing(&agent.state().join("checkpoints"));
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
