@@ -71,6 +71,23 @@ kubectl apply -f "$ROOT/deploy/base/namespace.yaml"
 kubectl -n ms2m-system get secret ms2m-agent-token >/dev/null 2>&1 \
   || kubectl -n ms2m-system create secret generic ms2m-agent-token \
        --from-literal=token="$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+# Mutual TLS (docs/deploy.md, "TLS and identities"): a cluster CA, the shim's Secret,
+# and each node's certificate in its /etc/ms2m/tls.
+PKI="$(mktemp -d)"
+certs() { docker run --rm -v "$PKI:/pki" ms2m-agent:latest certs "$@" >/dev/null; }
+certs init --dir /pki/ca
+certs issue --ca-dir /pki/ca --out-dir /pki/shim --shim
+kubectl -n ms2m-system create secret generic ms2m-shim-tls --dry-run=client -o yaml \
+  --from-file="$PKI/shim/tls.crt" --from-file="$PKI/shim/tls.key" --from-file="$PKI/shim/ca.crt" \
+  | kubectl apply -f -
+for n in $(kind get nodes --name "$CLUSTER"); do
+  certs issue --ca-dir /pki/ca --out-dir "/pki/$n" --agent "$n"
+  docker exec "$n" mkdir -p -m 0700 /etc/ms2m/tls
+  for f in tls.crt tls.key ca.crt; do
+    docker exec -i "$n" sh -c "umask 077; cat > /etc/ms2m/tls/$f" < "$PKI/$n/$f"
+  done
+done
+rm -rf "$PKI"
 # kind nodes: containerd, and kubeadm's self-signed kubelet certificates.
 kubectl apply -k "$ROOT/deploy/overlays/kind"
 kubectl -n ms2m-system rollout status ds/ms2m-agent --timeout=180s

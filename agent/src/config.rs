@@ -30,6 +30,8 @@ pub enum ConfigError {
     SocketMode(String),
     #[error(transparent)]
     ImageStore(#[from] crate::image_store::Error),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The TOML file: every field optional, so the file may set only what it changes.
@@ -59,6 +61,19 @@ pub struct FileConfig {
     pub skopeo_path: Option<PathBuf>,
     pub ctr_path: Option<PathBuf>,
     pub kubelet: Option<FileKubelet>,
+    pub tcp_insecure: Option<bool>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub tls_ca_file: Option<PathBuf>,
+    pub node_name: Option<String>,
+    pub header_read_timeout_seconds: Option<u64>,
+    pub idle_timeout_seconds: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub probe_connections: Option<usize>,
+    pub max_concurrent_jobs: Option<usize>,
+    pub max_queued_jobs: Option<usize>,
+    pub max_checkpoint_bytes: Option<u64>,
+    pub max_direct_layers: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -135,6 +150,22 @@ pub struct Overrides {
     /// ctr binary (containerd imports).
     #[arg(long, env = "MS2M_AGENT_CTR")]
     pub ctr_path: Option<PathBuf>,
+    /// Serve the TCP listener in plain HTTP with the bearer token (local tests only;
+    /// without it the TCP listener needs the TLS files).
+    #[arg(long, env = "MS2M_AGENT_TCP_INSECURE", num_args = 0..=1, default_missing_value = "true")]
+    pub tcp_insecure: Option<bool>,
+    /// This agent's certificate chain (PEM; cert-manager's `tls.crt`).
+    #[arg(long, env = "MS2M_AGENT_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM; `tls.key`).
+    #[arg(long, env = "MS2M_AGENT_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The cluster CA that signs every shim and agent certificate (PEM; `ca.crt`).
+    #[arg(long, env = "MS2M_AGENT_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// This node's name: the agent's certificate must name `ms2m-agent:<node_name>`.
+    #[arg(long, env = "MS2M_AGENT_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Kubelet base URL for the kubelet checkpoint backend.
     #[arg(long, env = "MS2M_AGENT_KUBELET_URL")]
     pub kubelet_url: Option<String>,
@@ -193,6 +224,58 @@ pub struct Config {
     pub skopeo_path: PathBuf,
     pub ctr_path: PathBuf,
     pub kubelet: KubeletConfig,
+    /// Plain HTTP + bearer token on TCP instead of mutual TLS.
+    pub tcp_insecure: bool,
+    pub tls: Option<TlsFiles>,
+    pub node_name: Option<String>,
+    pub limits: Limits,
+}
+
+/// The TLS files of the TCP listener, in cert-manager's Secret layout.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// Bounds on what callers can make the agent hold (docs/agent-api.md, "Limits").
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// A connection must deliver a request's headers (and finish its TLS handshake)
+    /// this soon after it opens or after its previous answer.
+    pub header_read_timeout: std::time::Duration,
+    /// A connection without a request in flight is closed after this long.
+    pub idle_timeout: std::time::Duration,
+    /// Open connections per listener; when full, the longest-idle one is closed for a
+    /// new one.
+    pub max_connections: usize,
+    /// Of `max_connections`, how many never carry a non-probe request, so that a probe
+    /// always finds a connection to take over.
+    pub probe_connections: usize,
+    /// Heavy jobs running at once (and, separately, Direct receives running at once).
+    pub max_concurrent_jobs: usize,
+    /// Jobs waiting for a slot; beyond, requests get 429.
+    pub max_queued_jobs: usize,
+    /// Largest checkpoint a pull or Direct receive may unpack, counted decompressed.
+    pub max_checkpoint_bytes: u64,
+    /// Most layers one Direct receive takes (one decoder thread each).
+    pub max_direct_layers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: std::time::Duration::from_secs(10),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_connections: 512,
+            probe_connections: 16,
+            max_concurrent_jobs: 2,
+            max_queued_jobs: 32,
+            max_checkpoint_bytes: 64 << 30,
+            max_direct_layers: 16,
+        }
+    }
 }
 
 impl Config {
@@ -235,7 +318,55 @@ impl Config {
             .or(fc.containers_storage)
             .unwrap_or_default();
         crate::image_store::validate_storage_spec(&containers_storage)?;
+        let d = Limits::default();
+        let secs = std::time::Duration::from_secs;
+        let limits = Limits {
+            header_read_timeout: fc
+                .header_read_timeout_seconds
+                .map(secs)
+                .unwrap_or(d.header_read_timeout),
+            idle_timeout: fc.idle_timeout_seconds.map(secs).unwrap_or(d.idle_timeout),
+            max_connections: fc.max_connections.unwrap_or(d.max_connections),
+            probe_connections: fc.probe_connections.unwrap_or(d.probe_connections),
+            max_concurrent_jobs: fc.max_concurrent_jobs.unwrap_or(d.max_concurrent_jobs),
+            max_queued_jobs: fc.max_queued_jobs.unwrap_or(d.max_queued_jobs),
+            max_checkpoint_bytes: fc.max_checkpoint_bytes.unwrap_or(d.max_checkpoint_bytes),
+            max_direct_layers: fc.max_direct_layers.unwrap_or(d.max_direct_layers),
+        };
+        if limits.header_read_timeout.is_zero() || limits.idle_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "header_read_timeout_seconds and idle_timeout_seconds must be at least 1".into(),
+            ));
+        }
+        if limits.probe_connections == 0 || limits.max_connections <= limits.probe_connections {
+            return Err(ConfigError::Invalid(format!(
+                "max_connections ({}) must exceed probe_connections ({}), which must be at least 1",
+                limits.max_connections, limits.probe_connections
+            )));
+        }
+        if limits.max_concurrent_jobs == 0 || limits.max_direct_layers == 0 {
+            return Err(ConfigError::Invalid(
+                "max_concurrent_jobs and max_direct_layers must be at least 1".into(),
+            ));
+        }
+        let tls = match (
+            o.tls_cert_file.clone().or(fc.tls_cert_file),
+            o.tls_key_file.clone().or(fc.tls_key_file),
+            o.tls_ca_file.clone().or(fc.tls_ca_file),
+        ) {
+            (Some(cert), Some(key), Some(ca)) => Some(TlsFiles { cert, key, ca }),
+            (None, None, None) => None,
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "tls_cert_file, tls_key_file and tls_ca_file go together".into(),
+                ));
+            }
+        };
         Ok(Self {
+            tcp_insecure: o.tcp_insecure.or(fc.tcp_insecure).unwrap_or(false),
+            tls,
+            node_name: o.node_name.clone().or(fc.node_name),
+            limits,
             socket_path: o
                 .socket_path
                 .clone()

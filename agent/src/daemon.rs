@@ -28,6 +28,42 @@ pub enum DaemonError {
     TokenMode(std::path::PathBuf, u32),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    #[error(
+        "tcp_listen is set but neither TLS (tls_cert_file, tls_key_file, tls_ca_file) nor \
+         tcp_insecure = true: the TCP listener is TLS unless plain HTTP is asked for"
+    )]
+    NoTls,
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("the certificate names {found}, but node_name is {node:?}")]
+    WrongIdentity { found: String, node: Option<String> },
+}
+
+/// How the TCP listener is served.
+enum TcpMode {
+    Tls(Arc<rustls::ServerConfig>),
+    Insecure(Arc<String>),
+}
+
+/// TLS unless `tcp_insecure`; the agent's certificate must name this node.
+async fn tcp_mode(config: &Config) -> Result<TcpMode, DaemonError> {
+    if config.tcp_insecure {
+        tracing::warn!("tcp_insecure: the TCP listener speaks plain HTTP (local tests only)");
+        return Ok(TcpMode::Insecure(load_token(config).await?));
+    }
+    let files = config.tls.as_ref().ok_or(DaemonError::NoTls)?;
+    let id = crate::tls::own_identity(files)?;
+    let want = config
+        .node_name
+        .as_ref()
+        .map(|n| crate::tls::CertIdentity::Agent(n.clone()));
+    if want.as_ref() != Some(&id) {
+        return Err(DaemonError::WrongIdentity {
+            found: id.to_string(),
+            node: config.node_name.clone(),
+        });
+    }
+    Ok(TcpMode::Tls(crate::tls::server_config(files)?))
 }
 
 async fn load_token(config: &Config) -> Result<Arc<String>, DaemonError> {
@@ -74,6 +110,31 @@ async fn expire_checkpoints(store: crate::checkpoint::CheckpointStore, retention
         tokio::time::sleep(every).await;
     }
 }
+
+/// Raise the soft fd limit to the hard one: every listener may hold `max_connections`
+/// sockets, and jobs need fds of their own besides.
+fn raise_nofile(config: &Config) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
+        tracing::warn!(soft, hard, "could not raise RLIMIT_NOFILE");
+    }
+    let have = getrlimit(Resource::RLIMIT_NOFILE)
+        .map(|(s, _)| s)
+        .unwrap_or(soft);
+    let want = 2 * config.limits.max_connections as u64 + 256;
+    if have < want {
+        tracing::warn!(
+            fds = have,
+            max_connections = config.limits.max_connections,
+            "RLIMIT_NOFILE is below 2 x max_connections + 256: accepts may fail with EMFILE \
+             under a connection flood; lower max_connections or raise the limit"
+        );
+    }
+}
+
 
 /// A checkpoint holds the container's memory, secrets included: whatever the agent
 /// writes is its own. The umask covers files written by the agent and its children
@@ -157,11 +218,11 @@ pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError
         ),
         (None, None) => None,
     };
-    let token = if tcp.is_some() {
-        Some(load_token(&config).await?)
-    } else {
-        None
+    let mode = match &tcp {
+        Some(_) => Some(tcp_mode(&config).await?),
+        None => None,
     };
+    raise_nofile(&config);
     let grace = Duration::from_secs(config.shutdown_grace_seconds);
     let retention = Duration::from_secs(config.checkpoint_retention_seconds);
     let state = AppState::new(config, criu);
@@ -170,11 +231,20 @@ pub async fn run(config: Config, inherited: Inherited) -> Result<(), DaemonError
 
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(api::serve_unix(unix, state.clone(), stop.clone()));
-    if let (Some(tcp), Some(token)) = (tcp, token) {
-        if let Ok(a) = tcp.local_addr() {
-            tracing::info!(addr = %a, "serving on TCP (bearer token required)");
+    match (tcp, mode) {
+        (Some(tcp), Some(TcpMode::Insecure(token))) => {
+            if let Ok(a) = tcp.local_addr() {
+                tracing::info!(addr = %a, "serving on TCP, plain HTTP (bearer token required)");
+            }
+            servers.spawn(api::serve_tcp(tcp, state.clone(), token, stop.clone()));
         }
-        servers.spawn(api::serve_tcp(tcp, state.clone(), token, stop.clone()));
+        (Some(tcp), Some(TcpMode::Tls(tls))) => {
+            if let Ok(a) = tcp.local_addr() {
+                tracing::info!(addr = %a, "serving on TCP with mutual TLS");
+            }
+            servers.spawn(api::serve_tls(tcp, state.clone(), tls, stop.clone()));
+        }
+        _ => {}
     }
     if !retention.is_zero() {
         tokio::spawn(expire_checkpoints(state.store.clone(), retention));

@@ -6,6 +6,13 @@
 //! (child processes are spawned with `kill_on_drop`) and then removes the paths the job
 //! registered with [`JobCtx::clean_on_failure`]; the same happens to jobs still running
 //! when the shutdown grace period ends, which are marked `aborted`.
+//!
+//! Every job kind is heavy (CRIU, skopeo/ctr, whole-checkpoint encode or decode), so at
+//! most `max_concurrent_jobs` run at once; the next `max_queued_jobs` wait as `queued`
+//! (first come, first served) and any more are refused with [`JobsError::Busy`] (429).
+//! Direct receives have a pool of their own of the same size: a receive is the far end
+//! of another agent's send, and if both shared one pool, two agents sending to each
+//! other could fill it with sends that wait for receives that wait for a slot.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -259,6 +266,51 @@ pub enum JobsError {
     Finished(String),
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error(
+        "{running} {kind} job(s) running and {queued} queued, the most this agent takes: retry later"
+    )]
+    Busy {
+        kind: &'static str,
+        running: usize,
+        queued: usize,
+    },
+}
+
+/// A bounded set of job slots with a bounded FIFO queue in front.
+#[derive(Debug)]
+struct Pool {
+    slots: Arc<Semaphore>,
+    size: usize,
+    max_queued: usize,
+    queued: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    fn new(size: usize, max_queued: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(size)),
+            size,
+            max_queued,
+            queued: std::sync::atomic::AtomicUsize::new(0),
+        })
+    }
+}
+
+/// A place in a pool's queue, given back however the wait ends.
+struct QueuePlace(Arc<Pool>);
+
+impl Drop for QueuePlace {
+    fn drop(&mut self) {
+        self.0
+            .queued
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A job's way to a slot: one at once, or a place in the queue.
+enum Admission {
+    Now(OwnedSemaphorePermit),
+    Queued(QueuePlace),
 }
 
 /// The registry of jobs.
@@ -269,17 +321,60 @@ pub struct Jobs {
     shutting_down: CancellationToken,
     metrics: Metrics,
     retention: Duration,
+    jobs_pool: Arc<Pool>,
+    receive_pool: Arc<Pool>,
 }
 
 impl Jobs {
+    /// A registry without practical bounds (tools and unit tests).
     pub fn new(metrics: Metrics, retention: Duration) -> Self {
+        Self::with_limits(metrics, retention, 1024, 1024)
+    }
+
+    /// At most `max_running` jobs at once (and as many Direct receives), `max_queued`
+    /// waiting for each.
+    pub fn with_limits(
+        metrics: Metrics,
+        retention: Duration,
+        max_running: usize,
+        max_queued: usize,
+    ) -> Self {
+        let max_running = max_running.max(1);
         Self {
             inner: Arc::default(),
             tracker: TaskTracker::new(),
             shutting_down: CancellationToken::new(),
             metrics,
             retention,
+            jobs_pool: Pool::new(max_running, max_queued),
+            receive_pool: Pool::new(max_running, max_queued),
         }
+    }
+
+    fn admit(&self, kind: JobKind) -> Result<Admission, JobsError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let pool = match kind {
+            JobKind::DirectReceive => &self.receive_pool,
+            _ => &self.jobs_pool,
+        };
+        if let Ok(p) = pool.slots.clone().try_acquire_owned() {
+            return Ok(Admission::Now(p));
+        }
+        let queued = pool.queued.fetch_add(1, SeqCst);
+        let place = QueuePlace(pool.clone());
+        if queued >= pool.max_queued {
+            drop(place);
+            return Err(JobsError::Busy {
+                kind: if kind == JobKind::DirectReceive {
+                    "direct_receive"
+                } else {
+                    "heavy"
+                },
+                running: pool.size,
+                queued,
+            });
+        }
+        Ok(Admission::Queued(place))
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<JobEntry>>> {
@@ -301,18 +396,28 @@ impl Jobs {
             return Err(JobsError::ShuttingDown);
         }
         self.expire();
+        let admission = self.admit(kind)?;
+        let queued = matches!(admission, Admission::Queued(_));
         let id = format!("job-{:016x}", rand::random::<u64>());
         let (done_tx, _) = watch::channel(false);
         let entry = Arc::new(JobEntry {
             id: id.clone(),
             kind,
             state: Mutex::new(JobState {
-                status: JobStatus::Running,
-                phase: phase.to_owned(),
+                status: if queued {
+                    JobStatus::Queued
+                } else {
+                    JobStatus::Running
+                },
+                phase: if queued {
+                    "queued".to_owned()
+                } else {
+                    phase.to_owned()
+                },
                 bytes_done: 0,
                 bytes_total: None,
                 created_at: SystemTime::now(),
-                started: Some((SystemTime::now(), Instant::now())),
+                started: (!queued).then(|| (SystemTime::now(), Instant::now())),
                 finished: None,
                 error: None,
                 result: None,
@@ -330,18 +435,44 @@ impl Jobs {
         };
         let metrics = self.metrics.clone();
         metrics.job_started(kind);
-        tracing::info!(job = %id, kind = kind.as_str(), "job started");
+        tracing::info!(job = %id, kind = kind.as_str(), queued, "job started");
         let view = entry.view();
+        let phase = phase.to_owned();
+        let slots = match kind {
+            JobKind::DirectReceive => self.receive_pool.slots.clone(),
+            _ => self.jobs_pool.slots.clone(),
+        };
         self.tracker.spawn(async move {
-            let fut = work(ctx);
+            let e = entry.clone();
+            let run = async move {
+                // Held until the work ends, whichever way.
+                let _slot = match admission {
+                    Admission::Now(p) => p,
+                    Admission::Queued(place) => {
+                        let p = slots
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| JobFailure::new("internal", "job slots closed"))?;
+                        drop(place);
+                        let mut s = e.lock();
+                        s.status = JobStatus::Running;
+                        s.phase = phase;
+                        s.started = Some((SystemTime::now(), Instant::now()));
+                        p
+                    }
+                };
+                work(ctx).await
+            };
             let outcome = tokio::select! {
-                r = fut => Some(r),
+                r = run => Some(r),
                 _ = entry.cancel.cancelled() => None,
             };
             let (status, cleanup) = {
                 let mut s = entry.lock();
                 let now = (SystemTime::now(), Instant::now());
                 s.finished = Some(now);
+                // A job cancelled in the queue ran for no time.
+                s.started.get_or_insert(now);
                 match outcome {
                     Some(Ok(result)) => {
                         s.status = JobStatus::Succeeded;
@@ -593,6 +724,53 @@ mod tests {
         assert_eq!(v.status, JobStatus::Failed);
         assert!(kept.exists(), "a kept path was removed");
         assert!(!partial.exists());
+    }
+
+    #[tokio::test]
+    async fn at_most_n_run_the_next_queue_and_the_rest_are_refused() {
+        let jobs = Jobs::with_limits(Metrics::new(), Duration::from_secs(3600), 2, 1);
+        let release = CancellationToken::new();
+        let hold = |r: CancellationToken| {
+            move |_ctx: JobCtx| async move {
+                r.cancelled().await;
+                Ok(serde_json::Value::Null)
+            }
+        };
+        let a = jobs
+            .spawn(JobKind::Push, "x", hold(release.clone()))
+            .unwrap();
+        let b = jobs
+            .spawn(JobKind::Checkpoint, "x", hold(release.clone()))
+            .unwrap();
+        let c = jobs
+            .spawn(JobKind::Pull, "x", hold(release.clone()))
+            .unwrap();
+        assert_eq!(
+            (a.status, b.status, c.status),
+            (JobStatus::Running, JobStatus::Running, JobStatus::Queued)
+        );
+        assert!(c.started_at.is_none());
+        assert!(matches!(
+            jobs.spawn(JobKind::ImageImport, "x", hold(release.clone())),
+            Err(JobsError::Busy { queued: 1, .. })
+        ));
+        // Receives have their own slots.
+        let r = jobs
+            .spawn(JobKind::DirectReceive, "x", hold(release.clone()))
+            .unwrap();
+        assert_eq!(r.status, JobStatus::Running);
+        // A queued job can be cancelled, and gives its place back.
+        let c = jobs.cancel(&c.id, false).await.unwrap();
+        assert_eq!(c.status, JobStatus::Cancelled);
+        let d = jobs
+            .spawn(JobKind::Pull, "x", hold(release.clone()))
+            .unwrap();
+        assert_eq!(d.status, JobStatus::Queued);
+        release.cancel();
+        for id in [&a.id, &b.id, &d.id, &r.id] {
+            let v = jobs.wait(id, Duration::from_secs(10)).await.unwrap();
+            assert_eq!(v.status, JobStatus::Succeeded, "{v:?}");
+        }
     }
 
     #[tokio::test]

@@ -19,4 +19,5 @@ pub mod restore;
 pub mod rootfs_diff;
 pub mod runc;
 pub mod sd_notify;
+pub mod tls;
 pub mod transfer;

@@ -57,6 +57,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Pull(a) => cmd::pull::run(a).await,
             Command::Import(a) => cmd::import::run(a).await,
             Command::Bench(a) => cmd::bench::run(a).await,
+            Command::Certs(a) => cmd::certs::run(a).await,
         }
     })
 }

@@ -1,5 +1,7 @@
 //! HTTP client for the node agents (API in docs/agent-api.md): over the agent's Unix
-//! socket on the same node, or over TCP with a bearer token from the cluster.
+//! socket on the same node, over https with the shim's client certificate (mutual TLS
+//! from the cluster CA, the agents' certificates verified), or over plain TCP with a
+//! bearer token (agents run with `tcp_insecure`, local tests).
 //!
 //! Only what the shim needs: start and poll jobs (checkpoint, push, direct send,
 //! restore), inspect and delete checkpoints, remove imported images, and manage
@@ -66,12 +68,32 @@ pub enum AgentAddr {
         base: String,
         token: String,
     },
+    /// `https://host:port`, and the directory holding the shim's `tls.crt`, `tls.key`
+    /// and the cluster's `ca.crt` (a cert-manager Secret mount).
+    Tls {
+        base: String,
+        tls_dir: PathBuf,
+    },
 }
 
 impl AgentAddr {
     /// `unix:/run/ms2m/agent.sock`, `/run/ms2m/agent.sock` or `http://host:port` (the
     /// token then comes separately).
     pub fn parse(s: &str, token: Option<String>) -> Result<Self> {
+        Self::parse_with(s, token, None)
+    }
+
+    /// [`AgentAddr::parse`], also taking `https://host:port` with the TLS directory.
+    pub fn parse_with(s: &str, token: Option<String>, tls_dir: Option<PathBuf>) -> Result<Self> {
+        if s.starts_with("https://") {
+            let tls_dir = tls_dir.ok_or_else(|| {
+                AgentError::Address(format!("{s}: an https agent needs the TLS directory"))
+            })?;
+            return Ok(AgentAddr::Tls {
+                base: s.trim_end_matches('/').to_owned(),
+                tls_dir,
+            });
+        }
         if let Some(path) = s.strip_prefix("unix:") {
             return Ok(AgentAddr::Unix(path.into()));
         }
@@ -87,7 +109,7 @@ impl AgentAddr {
             });
         }
         Err(AgentError::Address(format!(
-            "{s}: use unix:<path>, an absolute socket path, or http://host:port"
+            "{s}: use unix:<path>, an absolute socket path, https://host:port or http://host:port"
         )))
     }
 }
@@ -96,7 +118,7 @@ impl std::fmt::Display for AgentAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AgentAddr::Unix(p) => write!(f, "unix:{}", p.display()),
-            AgentAddr::Tcp { base, .. } => f.write_str(base),
+            AgentAddr::Tcp { base, .. } | AgentAddr::Tls { base, .. } => f.write_str(base),
         }
     }
 }
@@ -217,6 +239,10 @@ pub struct DirectSendRequest {
     pub checkpoint_id: String,
     pub target: String,
     pub target_checkpoint_id: String,
+    /// The target's node: over mutual TLS the source agent sends only to a peer whose
+    /// certificate names `ms2m-agent:<target_node>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_node: Option<String>,
     /// The target agent imports the received checkpoint into its node's image store under
     /// this reference (Kubernetes: the runtime restores only from an image).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,9 +298,26 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
+type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 enum Transport {
     Unix(Client<hyperlocal::UnixConnector, Full<Bytes>>),
     Tcp(Client<HttpConnector, Full<Bytes>>),
+    /// Or why the TLS files could not be used (reported by every call).
+    Tls(std::result::Result<HttpsClient, String>),
+}
+
+/// The https client of an agent reached over mutual TLS (`crate::agent_tls`).
+fn tls_client(dir: &std::path::Path) -> std::result::Result<HttpsClient, String> {
+    let cfg = crate::agent_tls::client_config(dir)?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(cfg)
+        .https_only()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
 /// A client for one agent.
@@ -289,6 +332,7 @@ impl AgentClient {
         let transport = match &addr {
             AgentAddr::Unix(_) => Transport::Unix(builder.build(hyperlocal::UnixConnector)),
             AgentAddr::Tcp { .. } => Transport::Tcp(builder.build(HttpConnector::new())),
+            AgentAddr::Tls { tls_dir, .. } => Transport::Tls(tls_client(tls_dir)),
         };
         Self { addr, transport }
     }
@@ -306,7 +350,7 @@ impl AgentClient {
     ) -> Result<(StatusCode, Bytes)> {
         let uri: hyper::Uri = match &self.addr {
             AgentAddr::Unix(sock) => hyperlocal::Uri::new(sock, path).into(),
-            AgentAddr::Tcp { base, .. } => format!("{base}{path}")
+            AgentAddr::Tcp { base, .. } | AgentAddr::Tls { base, .. } => format!("{base}{path}")
                 .parse()
                 .map_err(|e| AgentError::Address(format!("{base}{path}: {e}")))?,
         };
@@ -329,6 +373,8 @@ impl AgentClient {
             let resp = match &self.transport {
                 Transport::Unix(c) => c.request(req).await,
                 Transport::Tcp(c) => c.request(req).await,
+                Transport::Tls(Ok(c)) => c.request(req).await,
+                Transport::Tls(Err(e)) => return Err(transport(format!("TLS files: {e}"))),
             }
             .map_err(|e| transport(error_chain(&e)))?;
             let status = resp.status();
@@ -535,6 +581,7 @@ mod tests {
             checkpoint_id: "c".into(),
             target: "http://10.0.0.12:9411".into(),
             target_checkpoint_id: "c".into(),
+            target_node: None,
             import_reference: None,
         };
         assert_eq!(

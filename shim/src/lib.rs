@@ -2,6 +2,7 @@
 //! message queues. The node agents do all node work; this crate only decides and asks.
 
 pub mod agent_client;
+pub mod agent_tls;
 pub mod cli;
 pub mod controller;
 pub mod crd;

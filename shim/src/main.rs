@@ -53,6 +53,10 @@ enum Cmd {
         /// Where to serve Prometheus metrics (`GET /metrics`).
         #[arg(long, env = "MS2M_METRICS_LISTEN", default_value = "0.0.0.0:9412")]
         metrics_listen: std::net::SocketAddr,
+        /// Directory of the shim's TLS Secret (tls.crt, tls.key, ca.crt): reach the
+        /// agents over https with mutual TLS instead of the token.
+        #[arg(long, env = "MS2M_AGENT_TLS_DIR")]
+        agent_tls_dir: Option<PathBuf>,
     },
     /// Migrate a runc container between two agents, without Kubernetes.
     #[command(after_help = "EXAMPLES:
@@ -96,6 +100,13 @@ struct MigrateArgs {
     /// File holding the bearer token for TCP agents.
     #[arg(long, env = "MS2M_AGENT_TOKEN_FILE")]
     agent_token_file: Option<PathBuf>,
+    /// Directory with the shim's tls.crt, tls.key and the cluster ca.crt, for
+    /// https:// agents (mutual TLS).
+    #[arg(long, env = "MS2M_AGENT_TLS_DIR")]
+    agent_tls_dir: Option<PathBuf>,
+    /// Node of the Direct target agent, which its certificate must name (mutual TLS).
+    #[arg(long)]
+    direct_target_node: Option<String>,
     /// The runc container to migrate (on the source agent).
     #[arg(long)]
     container: String,
@@ -186,8 +197,12 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
         .unwrap_or_else(|| format!("{}-ms2m", a.container));
     let millis = jiff::Timestamp::now().as_millisecond();
     Ok(Settings {
-        source_agent: AgentAddr::parse(&a.source_agent, token.clone())?,
-        target_agent: AgentAddr::parse(&a.target_agent, token)?,
+        source_agent: AgentAddr::parse_with(
+            &a.source_agent,
+            token.clone(),
+            a.agent_tls_dir.clone(),
+        )?,
+        target_agent: AgentAddr::parse_with(&a.target_agent, token, a.agent_tls_dir.clone())?,
         control_name: a.control_name.unwrap_or_else(|| target_container.clone()),
         checkpoint_id: a
             .checkpoint_id
@@ -205,6 +220,7 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
         image: a.image,
         insecure_registry: a.insecure_registry,
         direct_target: a.direct_target,
+        direct_target_node: a.direct_target_node,
         broker_url: a.broker_url,
         management: ms2m_shim::messaging::ManagementConfig {
             url: a.management_url,
@@ -325,6 +341,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             agent_port,
             agent_token_secret,
             metrics_listen,
+            agent_tls_dir,
         } => {
             let client = kube::Client::try_default()
                 .await
@@ -342,6 +359,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 selector: agent_selector,
                 port: agent_port,
                 token_secret: agent_token_secret,
+                tls_dir: agent_tls_dir,
             };
             controller::run(client, discovery).await?;
         }

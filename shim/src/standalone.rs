@@ -50,6 +50,8 @@ pub struct Settings {
     pub insecure_registry: bool,
     /// Direct mode: the target agent's URL as the source agent reaches it.
     pub direct_target: Option<String>,
+    /// The target agent's node, which its certificate must name (mutual TLS).
+    pub direct_target_node: Option<String>,
     pub broker_url: String,
     /// The broker's management API (unacknowledged counts for the pre-checkpoint
     /// condition, bindings for the cut-over).
@@ -473,6 +475,7 @@ impl World for Standalone {
                             checkpoint_id: checkpoint_id.clone(),
                             target: self.s.direct_target.clone().unwrap_or_default(),
                             target_checkpoint_id: checkpoint_id.clone(),
+                            target_node: self.s.direct_target_node.clone(),
                             import_reference: None,
                         })
                         .await
@@ -791,6 +794,7 @@ mod tests {
             image: Some("127.0.0.1:5000/ms2m/counter:ckpt".into()),
             insecure_registry: false,
             direct_target: None,
+            direct_target_node: None,
             broker_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
             management: ManagementConfig::default(),
             source_prefetch: 1,

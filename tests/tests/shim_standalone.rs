@@ -116,6 +116,7 @@ impl Rig {
             )),
             insecure_registry: false,
             direct_target: agent_b.tcp.map(|a| format!("http://{a}")),
+            direct_target_node: None,
             broker_url: amqp,
             management: env::management(),
             source_prefetch: 1,

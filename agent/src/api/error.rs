@@ -107,6 +107,11 @@ impl From<crate::jobs::JobsError> for ApiError {
                 "shutting_down",
                 e.to_string(),
             ),
+            J::Busy { .. } => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_jobs",
+                e.to_string(),
+            ),
         }
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod auth;
 pub mod error;
+pub mod identity;
 pub mod peer;
 mod routes;
+pub mod serve;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +24,7 @@ use crate::metrics::Metrics;
 use crate::runc::Runc;
 
 pub use error::ApiError;
+pub use identity::Identity;
 pub use peer::Peer;
 /// Stops `serve_unix` / `serve_tcp` gracefully.
 pub use tokio_util::sync::CancellationToken;
@@ -44,9 +47,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(config: Config, criu: Result<String, String>) -> Self {
         let metrics = Metrics::new();
-        let jobs = Jobs::new(
+        let jobs = Jobs::with_limits(
             metrics.clone(),
             std::time::Duration::from_secs(config.job_retention_seconds),
+            config.limits.max_concurrent_jobs,
+            config.limits.max_queued_jobs,
         );
         let runc = Runc::new(&config.runc_path)
             .root(config.runc_root.clone())
@@ -68,21 +73,47 @@ async fn log_request(req: Request, next: Next) -> Response {
         .get::<ConnectInfo<Peer>>()
         .map(|c| c.0.clone())
         .unwrap_or_default();
+    let caller = req
+        .extensions()
+        .get::<Identity>()
+        .cloned()
+        .unwrap_or(Identity::Local);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let started = Instant::now();
     let resp = next.run(req).await;
     tracing::info!(
-        %method, %path, status = resp.status().as_u16(), peer = %peer,
+        %method, %path, status = resp.status().as_u16(), peer = %peer, %caller,
         peer_uid = peer.uid, peer_pid = peer.pid,
         ms = started.elapsed().as_millis() as u64, "request"
     );
     resp
 }
 
+/// How a listener's callers are checked.
+#[derive(Clone)]
+pub enum Access {
+    /// The Unix socket: its file mode.
+    Local,
+    /// Plain TCP (`tcp_insecure`): the bearer token.
+    Token(Arc<String>),
+    /// TLS: the client certificate's identity, per verb.
+    Mtls,
+}
+
 /// The router; `token` set means "TCP listener: require the bearer token".
 pub fn router(state: AppState, token: Option<Arc<String>>) -> Router {
-    let mut r = Router::new()
+    router_for(
+        state,
+        match token {
+            Some(t) => Access::Token(t),
+            None => Access::Local,
+        },
+    )
+}
+
+pub fn router_for(state: AppState, access: Access) -> Router {
+    let r = Router::new()
         .route("/healthz", get(routes::probes::healthz))
         .route("/readyz", get(routes::probes::readyz))
         .route("/metrics", get(routes::probes::metrics))
@@ -122,12 +153,14 @@ pub fn router(state: AppState, token: Option<Arc<String>>) -> Router {
         .method_not_allowed_fallback(routes::probes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state);
-    if let Some(token) = token {
-        r = r.layer(axum::middleware::from_fn_with_state(
+    let r = match access {
+        Access::Local => r,
+        Access::Token(token) => r.layer(axum::middleware::from_fn_with_state(
             token,
             auth::require_token,
-        ));
-    }
+        )),
+        Access::Mtls => r.layer(axum::middleware::from_fn(identity::require_identity)),
+    };
     r.layer(axum::middleware::from_fn(log_request))
 }
 
@@ -138,21 +171,50 @@ pub async fn serve_unix(
     state: AppState,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(state, None).into_make_service_with_connect_info::<Peer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    let limits = state.config.limits.clone();
+    serve::serve(
+        serve::Listener::Unix(listener),
+        router_for(state, Access::Local),
+        serve::Transport::Plain(Identity::Local),
+        limits,
+        stop,
+    )
+    .await
 }
 
-/// Serve the API on TCP, bearer token required, until `stop` fires.
+/// Serve the API on plain TCP, bearer token required, until `stop` fires (the
+/// `tcp_insecure` setting: local tests only).
 pub async fn serve_tcp(
     listener: tokio::net::TcpListener,
     state: AppState,
     token: Arc<String>,
     stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    let app = router(state, Some(token)).into_make_service_with_connect_info::<Peer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
+    let limits = state.config.limits.clone();
+    serve::serve(
+        serve::Listener::Tcp(listener),
+        router_for(state, Access::Token(token)),
+        serve::Transport::Plain(Identity::Token),
+        limits,
+        stop,
+    )
+    .await
+}
+
+/// Serve the API on TCP with TLS, callers named by their client certificates.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    tls: Arc<rustls::ServerConfig>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    let limits = state.config.limits.clone();
+    serve::serve(
+        serve::Listener::Tcp(listener),
+        router_for(state, Access::Mtls),
+        serve::Transport::Tls(tokio_rustls::TlsAcceptor::from(tls)),
+        limits,
+        stop,
+    )
+    .await
 }

@@ -2,6 +2,7 @@
 
 mod agent_client;
 pub mod bench;
+pub mod certs;
 pub mod checkpoint;
 pub mod criu_check;
 pub mod import;
@@ -84,6 +85,8 @@ pub enum Command {
   ms2m-agent import /tmp/counter-ckpt localhost/ms2m/counter:ckpt-1
   ms2m-agent import /tmp/counter-ckpt localhost/ms2m/counter:ckpt-1 --store containerd")]
     Import(import::Args),
+    /// Make the cluster CA and issue shim/agent certificates (mutual TLS).
+    Certs(certs::Args),
     /// Measure this node's path to a registry, stage by stage (read, hash, compress, upload).
     #[command(after_help = "EXAMPLES:
   ms2m-agent bench 127.0.0.1:5000/ms2m/bench:1 --size-mb 256

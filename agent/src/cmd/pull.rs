@@ -35,6 +35,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         client: args.registry.client_options(),
         parallel: args.parallel.max(1),
         verify_diff_ids: args.verify_diff_ids,
+        max_bytes: None,
     };
     let progress = Progress::new();
     let bar = Bar::spawn(progress.clone(), "pulling");

@@ -60,6 +60,9 @@ pub struct DirectOptions {
     pub token: Option<String>,
     /// Extra CA certificates for an HTTPS target.
     pub ca_file: Option<PathBuf>,
+    /// Mutual TLS with the target (cluster CA, this agent's certificate, the target's
+    /// identity checked); replaces `ca_file` and `token`.
+    pub tls: Option<rustls::ClientConfig>,
     /// Ask the target to import the received checkpoint into its image store under this
     /// reference (`?import=`).
     pub import_reference: Option<String>,
@@ -73,6 +76,7 @@ impl Default for DirectOptions {
             compression: super::push::default_compression(layers),
             token: None,
             ca_file: None,
+            tls: None,
             import_reference: None,
         }
     }
@@ -244,8 +248,12 @@ pub async fn send(
         Ok(descs)
     };
 
+    let tls = match &opts.tls {
+        Some(c) => c.clone(),
+        None => client_config(opts.ca_file.as_deref())?,
+    };
     let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(client_config(opts.ca_file.as_deref())?)
+        .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(15))
         .tcp_nodelay(true)
         .build()
@@ -396,6 +404,44 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin,
     B::Error: std::fmt::Display,
 {
+    receive_limited(dest, headers, body, &ReceiveLimits::default()).await
+}
+
+/// What one Direct receive may take.
+#[derive(Debug, Clone)]
+pub struct ReceiveLimits {
+    /// Most layers (one decoder thread each). Layers interleave on the wire, each
+    /// decoder blocking until its next bytes come, so a receive needs one thread per
+    /// layer the sender opened: the bound is on layers, and the job queue bounds how
+    /// many receives run at once.
+    pub max_layers: usize,
+    /// Decompressed bytes the checkpoint may unpack to.
+    pub max_bytes: Option<u64>,
+    /// A body that delivers nothing for this long is dropped.
+    pub stall: Duration,
+}
+
+impl Default for ReceiveLimits {
+    fn default() -> Self {
+        Self {
+            max_layers: MAX_LAYERS,
+            max_bytes: None,
+            stall: Duration::from_secs(300),
+        }
+    }
+}
+
+/// [`receive`] within `limits`.
+pub async fn receive_limited<B>(
+    dest: &Path,
+    headers: &http::HeaderMap,
+    body: B,
+    limits: &ReceiveLimits,
+) -> Result<Received, Error>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin,
+    B::Error: std::fmt::Display,
+{
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -414,7 +460,13 @@ where
     );
     let mut layers: Vec<LayerIn> = Vec::new();
     let mut received = 0u64;
-    let read = read_frames(body, &staging, &mut layers, &mut received).await;
+    let rx = Rx {
+        staging: staging.clone(),
+        budget: limits.max_bytes.map(super::budget::Budget::new),
+        max_layers: limits.max_layers.min(MAX_LAYERS),
+        stall: limits.stall,
+    };
+    let read = read_frames(body, &rx, &mut layers, &mut received).await;
 
     // End every decoder (EOF, or an error marker when the stream broke) and wait for
     // them, so that no thread still writes into the staging when it is judged.
@@ -434,6 +486,12 @@ where
         });
         descs.push(l.desc);
     }
+    if let Some(b) = &rx.budget
+        && b.exceeded()
+    {
+        return Err(Error::TooLarge { limit: b.limit() });
+    }
+    drop(rx);
     let done = match read {
         Ok(Some(done)) => done,
         Ok(None) => {
@@ -477,6 +535,14 @@ where
     })
 }
 
+/// The receive's shared state, as the frame parser needs it.
+struct Rx {
+    staging: Arc<Staging>,
+    budget: Option<Arc<super::budget::Budget>>,
+    max_layers: usize,
+    stall: Duration,
+}
+
 /// Where the frame parser is between two body chunks.
 enum Parse {
     /// Collecting the next 7-byte header.
@@ -494,7 +560,7 @@ enum Parse {
 /// headers and the small END/DONE documents are collected across chunk boundaries.
 async fn read_frames<B>(
     mut body: B,
-    staging: &Arc<Staging>,
+    rx: &Rx,
     layers: &mut Vec<LayerIn>,
     received: &mut u64,
 ) -> Result<Option<Done>, Error>
@@ -507,7 +573,18 @@ where
     let mut meta = BytesMut::new();
     let mut state = Parse::Header;
     let mut done: Option<Done> = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Some(frame) = tokio::time::timeout(rx.stall, body.frame())
+            .await
+            .map_err(|_| {
+                Error::Protocol(format!(
+                    "the stream delivered nothing for {} s",
+                    rx.stall.as_secs()
+                ))
+            })?
+        else {
+            break;
+        };
         let mut data = match frame {
             Ok(f) => match f.into_data() {
                 Ok(d) => d,
@@ -545,7 +622,7 @@ where
                     let len = len as usize;
                     state = match kind {
                         KIND_DATA => {
-                            layer_slot(layers, layer)?;
+                            layer_slot(layers, layer, rx.max_layers)?;
                             if len == 0 {
                                 Parse::Header
                             } else {
@@ -562,7 +639,7 @@ where
                     let n = left.min(data.len());
                     let piece = data.split_to(n);
                     *received += n as u64;
-                    if !feed(&mut layers[layer], staging, layer, piece).await? {
+                    if !feed(&mut layers[layer], rx, layer, piece).await? {
                         return Ok(None);
                     }
                     state = if n == left {
@@ -592,7 +669,7 @@ where
                     );
                     continue;
                 }
-                let l = layer_slot(layers, layer)?;
+                let l = layer_slot(layers, layer, rx.max_layers)?;
                 let d: LayerDescriptor = serde_json::from_slice(&payload)
                     .map_err(|e| Error::Protocol(format!("layer {layer} END: {e}")))?;
                 if l.desc.is_some() {
@@ -603,7 +680,7 @@ where
                     // A layer whose END comes before (or without) enough bytes to tell
                     // its compression: start its decoder on what there is.
                     let head = Bytes::from(std::mem::take(&mut l.head));
-                    start_decoder(l, staging, sniff_media_type(&head));
+                    start_decoder(l, rx, sniff_media_type(&head));
                     if !head.is_empty() && !send_piece(l, layer, head).await? {
                         return Ok(None);
                     }
@@ -621,9 +698,16 @@ where
 }
 
 /// The entry of `layer`, created on its first frame.
-fn layer_slot(layers: &mut Vec<LayerIn>, layer: usize) -> Result<&mut LayerIn, Error> {
-    if layer >= MAX_LAYERS {
-        return Err(Error::Protocol(format!("layer {layer} out of range")));
+fn layer_slot(
+    layers: &mut Vec<LayerIn>,
+    layer: usize,
+    max_layers: usize,
+) -> Result<&mut LayerIn, Error> {
+    if layer >= max_layers {
+        return Err(Error::Protocol(format!(
+            "layer {layer} out of range: this agent takes at most {max_layers} layers \
+             (max_direct_layers)"
+        )));
     }
     while layers.len() <= layer {
         layers.push(LayerIn {
@@ -636,15 +720,22 @@ fn layer_slot(layers: &mut Vec<LayerIn>, layer: usize) -> Result<&mut LayerIn, E
     Ok(&mut layers[layer])
 }
 
-fn start_decoder(l: &mut LayerIn, staging: &Arc<Staging>, media_type: &'static str) {
-    let (tx, rx) = mpsc::channel(DEPTH);
-    let staging = staging.clone();
+fn start_decoder(l: &mut LayerIn, rx: &Rx, media_type: &'static str) {
+    let (tx, chunks) = mpsc::channel(DEPTH);
+    let staging = rx.staging.clone();
+    let budget = rx.budget.clone();
     l.unpacker = Some(tokio::task::spawn_blocking(move || {
-        Ok(staging.unpack_layer_chunks_unverified(
-            ChannelChunks::new(rx),
-            media_type,
-            LayerHashes::BlobOnly,
-        )?)
+        let chunks = ChannelChunks::new(chunks);
+        Ok(match budget {
+            Some(b) => staging.unpack_layer_chunks_unverified(
+                super::budget::Metered::new(chunks, media_type, b),
+                media_type,
+                LayerHashes::BlobOnly,
+            )?,
+            None => {
+                staging.unpack_layer_chunks_unverified(chunks, media_type, LayerHashes::BlobOnly)?
+            }
+        })
     }));
     l.tx = Some(tx);
 }
@@ -654,12 +745,7 @@ const SNIFF: usize = 4;
 
 /// Hands a DATA piece to the layer's decoder, starting it once the first bytes tell
 /// its compression. `Ok(false)`: the decoder stopped taking data.
-async fn feed(
-    l: &mut LayerIn,
-    staging: &Arc<Staging>,
-    layer: usize,
-    piece: Bytes,
-) -> Result<bool, Error> {
+async fn feed(l: &mut LayerIn, rx: &Rx, layer: usize, piece: Bytes) -> Result<bool, Error> {
     if l.desc.is_some() {
         return Err(Error::Protocol(format!("layer {layer}: data after END")));
     }
@@ -667,7 +753,7 @@ async fn feed(
         return send_piece(l, layer, piece).await;
     }
     if l.head.is_empty() && piece.len() >= SNIFF {
-        start_decoder(l, staging, sniff_media_type(&piece));
+        start_decoder(l, rx, sniff_media_type(&piece));
         return send_piece(l, layer, piece).await;
     }
     // Rare: the first piece is cut before the magic bytes.
@@ -676,7 +762,7 @@ async fn feed(
         return Ok(true);
     }
     let head = Bytes::from(std::mem::take(&mut l.head));
-    start_decoder(l, staging, sniff_media_type(&head));
+    start_decoder(l, rx, sniff_media_type(&head));
     send_piece(l, layer, head).await
 }
 

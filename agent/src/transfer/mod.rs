@@ -7,6 +7,7 @@
 //! the archive.
 
 pub mod bench;
+pub mod budget;
 pub mod channel;
 pub mod direct;
 pub mod encode_args;
@@ -51,6 +52,8 @@ pub enum Error {
     },
     #[error("{0}")]
     Protocol(String),
+    #[error("the checkpoint exceeds max_checkpoint_bytes ({limit} bytes) once decompressed")]
+    TooLarge { limit: u64 },
     #[error("internal: {0}")]
     Internal(String),
 }

@@ -32,6 +32,8 @@ pub struct PullOptions {
     /// byte, and decompression is deterministic, so a diff_id mismatch could only
     /// reveal an inconsistent image, at ≈0.6 CPU s per GiB. See docs/transfer.md.
     pub verify_diff_ids: bool,
+    /// Refuse (and remove) a checkpoint that unpacks to more bytes than this.
+    pub max_bytes: Option<u64>,
 }
 
 impl Default for PullOptions {
@@ -40,6 +42,7 @@ impl Default for PullOptions {
             client: ClientOptions::default(),
             parallel: 4,
             verify_diff_ids: false,
+            max_bytes: None,
         }
     }
 }
@@ -128,6 +131,8 @@ pub async fn pull(
             .map_err(|e| Error::Internal(format!("staging thread: {e}")))??,
     );
     let client_ref = &client;
+    let budget = opts.max_bytes.map(super::budget::Budget::new);
+    let budget_ref = &budget;
     let jobs: Vec<_> = layers
         .iter()
         .enumerate()
@@ -151,8 +156,14 @@ pub async fn pull(
         .map(|(i, digest, expected, staging)| async move {
             let (tx, rx) = mpsc::channel(DEPTH);
             progress.set_state(i, LayerState::Transferring);
-            let decoder = tokio::task::spawn_blocking(move || {
-                unpack_layer_chunks(ChannelChunks::new(rx), &expected, &staging)
+            let budget = budget_ref.clone();
+            let decoder = tokio::task::spawn_blocking(move || match budget {
+                Some(b) => unpack_layer_chunks(
+                    super::budget::Metered::new(ChannelChunks::new(rx), &expected.media_type, b),
+                    &expected,
+                    &staging,
+                ),
+                None => unpack_layer_chunks(ChannelChunks::new(rx), &expected, &staging),
             });
             let fed = feed(client_ref, &digest, i, tx, progress).await;
             let decoded = decoder
@@ -177,6 +188,11 @@ pub async fn pull(
         .buffer_unordered(opts.parallel.max(1))
         .collect()
         .await;
+    if let Some(b) = &budget
+        && b.exceeded()
+    {
+        return Err(Error::TooLarge { limit: b.limit() });
+    }
     let mut size_bytes = 0;
     for s in sizes {
         size_bytes += s?;

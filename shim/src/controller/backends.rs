@@ -125,6 +125,9 @@ pub struct AgentDiscovery {
     pub port: u16,
     /// Secret (in `namespace`) whose `token` key is the agents' bearer token.
     pub token_secret: String,
+    /// The shim's mounted TLS Secret (`tls.crt`, `tls.key`, `ca.crt`): agents are then
+    /// reached over https with mutual TLS, and the token is not used.
+    pub tls_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentDiscovery {
@@ -134,6 +137,7 @@ impl Default for AgentDiscovery {
             selector: "app.kubernetes.io/name=ms2m-agent".into(),
             port: 9411,
             token_secret: "ms2m-agent-token".into(),
+            tls_dir: None,
         }
     }
 }
@@ -199,6 +203,12 @@ impl ClusterBackends {
 
     async fn agent(&self, node: &str) -> Result<AgentClient, WorldError> {
         let base = self.agent_base(node).await?;
+        if let Some(tls_dir) = &self.discovery.tls_dir {
+            return Ok(AgentClient::new(AgentAddr::Tls {
+                base,
+                tls_dir: tls_dir.clone(),
+            }));
+        }
         let token = self.token().await?;
         Ok(AgentClient::new(AgentAddr::Tcp { base, token }))
     }
@@ -239,7 +249,12 @@ impl ClusterBackends {
         } else {
             ip
         };
-        Ok(format!("http://{host}:{}", self.discovery.port))
+        let scheme = if self.discovery.tls_dir.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        Ok(format!("{scheme}://{host}:{}", self.discovery.port))
     }
 
     async fn token(&self) -> Result<String, WorldError> {
@@ -479,6 +494,7 @@ impl Backends for ClusterBackends {
             checkpoint_id: checkpoint_id.into(),
             target: target.addr().to_string(),
             target_checkpoint_id: checkpoint_id.into(),
+            target_node: Some(target_node.into()),
             import_reference: Some(reference.into()),
         };
         let source = self.agent(node).await?;

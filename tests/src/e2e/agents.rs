@@ -112,6 +112,9 @@ impl NodeAgent {
             .arg("--criu-path")
             .arg(crate::env::criu())
             .args(["--tcp-listen", &listen])
+            // Plain HTTP with the shared token: these scenarios test migration, not the
+            // transport (agent_tls.rs covers mutual TLS on the real binaries).
+            .arg("--tcp-insecure")
             .arg("--token-file")
             .arg(token_file)
             .env("RUST_LOG", "info")

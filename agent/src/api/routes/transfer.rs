@@ -49,6 +49,8 @@ pub struct DirectSendRequest {
     pub checkpoint_id: String,
     pub target: String,
     pub target_checkpoint_id: Option<String>,
+    /// The target's node: with TLS, the target must prove to be `ms2m-agent:<node>`.
+    pub target_node: Option<String>,
     /// Have the target import the checkpoint into its image store under this reference.
     pub import_reference: Option<String>,
 }
@@ -99,6 +101,7 @@ fn transfer_failure(e: crate::transfer::Error) -> JobFailure {
     let code = match &e {
         crate::transfer::Error::Registry(_) => "registry_error",
         crate::transfer::Error::Image(_) => "invalid_archive",
+        crate::transfer::Error::TooLarge { .. } => "checkpoint_too_large",
         _ => "transfer_error",
     };
     JobFailure::new(code, e.to_string())
@@ -157,6 +160,7 @@ pub async fn pull(
         client: client_options(&s, req.insecure),
         parallel: req.parallel.unwrap_or(4).max(1),
         verify_diff_ids: req.verify_diff_ids,
+        max_bytes: Some(s.config.limits.max_checkpoint_bytes),
     };
     let store = s.store.clone();
     let job = s.jobs.spawn(JobKind::Pull, "downloading", move |ctx| {
@@ -231,24 +235,56 @@ pub async fn direct_send(
     if let Some(r) = &req.import_reference {
         ImageRef::parse(r)?;
     }
-    // The sender presents the same Secret every agent's TCP listener checks.
-    let token = match &s.config.token_file {
-        Some(p) => Some(
-            tokio::fs::read_to_string(p)
-                .await
-                .map_err(|e| {
-                    ApiError::internal(format!("reading token file {}: {e}", p.display()))
-                })?
-                .trim()
-                .to_owned(),
-        ),
-        None => None,
-    };
-    let opts = DirectOptions {
-        token,
-        ca_file: s.config.direct_ca_file.clone(),
-        import_reference: req.import_reference.clone(),
-        ..DirectOptions::default()
+    let opts = match &s.config.tls {
+        // Mutual TLS: only to the agent of the named node, with this agent's own
+        // certificate and no bearer token.
+        Some(files) => {
+            let node = req.target_node.as_deref().ok_or_else(|| {
+                ApiError::invalid(
+                    "target_node is required: the target must prove to be the agent of that node",
+                )
+            })?;
+            if !crate::tls::valid_node_name(node) {
+                return Err(ApiError::invalid(format!(
+                    "target_node {node:?} is not a node name"
+                )));
+            }
+            if !req.target.starts_with("https://") {
+                return Err(ApiError::invalid(format!(
+                    "target {:?} must be https:// (this agent sends only over mutual TLS)",
+                    req.target
+                )));
+            }
+            let tls = crate::tls::peer_client_config(files, node)
+                .map_err(|e| ApiError::internal(e.to_string()))?;
+            DirectOptions {
+                tls: Some(tls),
+                import_reference: req.import_reference.clone(),
+                ..DirectOptions::default()
+            }
+        }
+        // Plain listeners (tcp_insecure): the shared bearer token, as every agent's
+        // TCP listener checks it.
+        None => {
+            let token = match &s.config.token_file {
+                Some(p) => Some(
+                    tokio::fs::read_to_string(p)
+                        .await
+                        .map_err(|e| {
+                            ApiError::internal(format!("reading token file {}: {e}", p.display()))
+                        })?
+                        .trim()
+                        .to_owned(),
+                ),
+                None => None,
+            };
+            DirectOptions {
+                token,
+                ca_file: s.config.direct_ca_file.clone(),
+                import_reference: req.import_reference.clone(),
+                ..DirectOptions::default()
+            }
+        }
     };
     let in_use = s.store.acquire(&req.checkpoint_id);
     let target = req.target;
@@ -325,11 +361,16 @@ pub async fn direct_receive(
     let dest = s.store.path(&id);
     let cid = id.clone();
     let images = import.map(|r| (ImageStore::from_config(&s.config), r, s.store.clone()));
+    let limits = direct::ReceiveLimits {
+        max_layers: s.config.limits.max_direct_layers,
+        max_bytes: Some(s.config.limits.max_checkpoint_bytes),
+        stall: s.config.limits.idle_timeout,
+    };
     let job = s
         .jobs
         .spawn(JobKind::DirectReceive, "receiving", move |ctx| async move {
             ctx.clean_on_failure(&dest);
-            let mut r = direct::receive(&dest, &headers, body)
+            let mut r = direct::receive_limited(&dest, &headers, body, &limits)
                 .await
                 .map_err(transfer_failure)?;
             ctx.set_bytes_done(r.bytes_received);
@@ -369,6 +410,11 @@ pub async fn direct_receive(
         (_, _, Some(e)) if e.phase == "importing" => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "image_store_error",
+            e.message,
+        )),
+        (_, _, Some(e)) if e.code == "checkpoint_too_large" => Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "checkpoint_too_large",
             e.message,
         )),
         (_, _, Some(e)) if e.code == "transfer_error" || e.code == "invalid_archive" => {
