@@ -135,7 +135,6 @@ fn raise_nofile(config: &Config) {
     }
 }
 
-
 /// A checkpoint holds the container's memory, secrets included: whatever the agent
 /// writes is its own. The umask covers files written by the agent and its children
 /// (runc, CRIU, skopeo); the state dirs get their mode set explicitly, since a umask
