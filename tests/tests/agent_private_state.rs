@@ -312,6 +312,8 @@ fn a_token_file_readable_by_others_is_refused_at_start() {
     let args = [
         std::ffi::OsStr::new("--tcp-listen"),
         std::ffi::OsStr::new("127.0.0.1:0"),
+        // The token is the plain-HTTP listener's credential (a TLS one uses certificates).
+        std::ffi::OsStr::new("--tcp-insecure"),
         std::ffi::OsStr::new("--token-file"),
         token.as_os_str(),
     ];

@@ -145,6 +145,9 @@ impl Daemon {
         std::fs::write(&cfg, o.config).unwrap();
         let token = dir.path().join("token");
         std::fs::write(&token, "hardening-token\n").unwrap();
+        // The agent refuses a token file others may read.
+        std::fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
         std::fs::create_dir_all(dir.path().join("images")).unwrap();
         let logf = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(bin);
