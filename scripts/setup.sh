@@ -14,6 +14,10 @@
 #    prometheus and python3-prometheus-client (promtool lints the agent's /metrics in the text
 #    format, the Python client's strict parser reads the OpenMetrics one; the
 #    server itself is never started).
+#  - pika (pinned, hash-checked) from PyPI into $CACHE_DIR/pika-<version> with Debian's
+#    python3 and pip (`pip install --target`): the Python reference consumer
+#    (tests/consumers/pika_consumer.py) runs on the host's /usr/bin/python3, bind-mounted
+#    read-only into its container, with this directory copied into the rootfs.
 #  - CRIU >= 4.2: bookworm's 3.17 fails on kernels >= 6.13 and 4.1 cannot dump TCP on
 #    >= 6.16, so we build the newest >= 4.2 source that Debian sid offers, verify its
 #    checksum against the signed Sources index, and cache the binary outside the tree.
@@ -31,7 +35,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 PKGS=(runc iptables iproute2 docker-registry rabbitmq-server buildah skopeo umoci containerd
       busybox-static pigz zstd curl ca-certificates openssl systemd procps psmisc
-      jq libseccomp-dev pkg-config apache2-utils prometheus python3-prometheus-client)
+      jq libseccomp-dev pkg-config apache2-utils prometheus python3-prometheus-client
+      python3 python3-pip)
 CRIU_BUILD_DEPS=(libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
       python3-protobuf libnl-3-dev libnet1-dev libcap-dev pkg-config libbsd-dev
       libgnutls28-dev libnftables-dev uuid-dev libaio-dev build-essential xz-utils)
@@ -144,6 +149,25 @@ ensure_criu() {
   log "criu $(criu_version "$CRIU_BIN") installed at $CRIU_BIN"
 }
 
+# The Python reference consumer's client library: one pinned wheel, checked against its
+# hash, installed without dependencies (pika has none) into a cached --target dir.
+PIKA_VERSION=1.3.2
+PIKA_SHA256=0779a7c1fafd805672796085560d290213a465e4f6f76a6fb19e378d8041a14f
+ensure_pika() {
+  local dir="$CACHE_DIR/pika-$PIKA_VERSION" req
+  [ -f "$dir/pika/__init__.py" ] && return 0
+  log "installing pika $PIKA_VERSION from PyPI into $dir"
+  req=$(mktemp)
+  echo "pika==$PIKA_VERSION --hash=sha256:$PIKA_SHA256" >"$req"
+  rm -rf "$dir.tmp"
+  /usr/bin/python3 -m pip install -q --disable-pip-version-check --root-user-action=ignore --no-deps --no-compile \
+      --require-hashes --only-binary=:all: --target "$dir.tmp" -r "$req" \
+    || { rm -f "$req"; die "pip could not install pika==$PIKA_VERSION from PyPI"; }
+  rm -f "$req"
+  [ -f "$dir.tmp/pika/__init__.py" ] || die "pika did not install into $dir.tmp"
+  rm -rf "$dir"; mv "$dir.tmp" "$dir"
+}
+
 # kubectl builds deploy/'s kustomize variants in the tests. They use kustomize
 # *components*, which kubectl's built-in kustomize knows from kubectl 1.21 on, so the
 # check is that capability, not a version. Debian's kubernetes-client is installed when
@@ -176,6 +200,7 @@ main() {
   mkdir -p "$CACHE_DIR"
   apt_install "${PKGS[@]}"
   ensure_criu
+  ensure_pika
   ensure_kubectl
   ensure_rust
   log "ok: $(runc --version | head -n1), criu $(criu_version "$CRIU_BIN"), $(docker-registry --version 2>/dev/null | head -n1), kubectl $(kubectl version --client 2>/dev/null | sed -n 's/^Client Version: //p')"

@@ -128,6 +128,10 @@ pub struct MessageQueueConfig {
     pub source_prefetch: Option<i32>,
 }
 
+/// Why ShadowPod refuses a consumer whose prefetch is unlimited or which acknowledges
+/// automatically (docs/migration-protocol.md, "Consumers without a prefetch bound").
+pub const UNBOUNDED_PREFETCH_REFUSED: &str = "sourcePrefetch 0 (unlimited prefetch or automatic acknowledgement): ShadowPod cannot prove that such a consumer loses nothing, since nothing bounds what it holds unapplied at the checkpoint; set a prefetch (basic.qos) and manual acknowledgement on the consumer, or choose migrationStrategy Sequential (stop-and-copy: the broker requeues every unacknowledged delivery; an auto-ack consumer still loses what its client had buffered)";
+
 /// The reference consumer's prefetch: what `sourcePrefetch` defaults to.
 pub const DEFAULT_SOURCE_PREFETCH: u16 = 50;
 
@@ -229,6 +233,10 @@ impl StatefulMigrationSpec {
         }
         if mq.exchange_name.is_empty() || mq.exchange_name.starts_with("amq.") {
             return bad("exchangeName must be set and not start with amq. (reserved)");
+        }
+        if mq.source_prefetch == Some(0) && self.migration_strategy != Some(Strategy::Sequential)
+        {
+            return bad(UNBOUNDED_PREFETCH_REFUSED);
         }
         Ok(())
     }
@@ -375,6 +383,27 @@ mod tests {
             cel.contains("checkpointImageRepository"),
             "default mode: {cel}"
         );
+    }
+
+    #[test]
+    fn an_unbounded_prefetch_needs_the_sequential_strategy() {
+        let mut v = spec();
+        v["messageQueueConfig"]["sourcePrefetch"] = json!(0);
+        for strategy in [None, Some("ShadowPod")] {
+            if let Some(st) = strategy {
+                v["migrationStrategy"] = json!(st);
+            }
+            let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+            let err = s.validate().unwrap_err();
+            assert!(err.0.contains("sourcePrefetch 0"), "{strategy:?}: {err}");
+        }
+        v["migrationStrategy"] = json!("Sequential");
+        let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+        s.validate().unwrap();
+        v["messageQueueConfig"]["sourcePrefetch"] = json!(1);
+        v.as_object_mut().unwrap().remove("migrationStrategy");
+        let s: StatefulMigrationSpec = serde_json::from_value(v).unwrap();
+        s.validate().unwrap();
     }
 
     #[test]

@@ -144,9 +144,10 @@ struct MigrateArgs {
     /// bindings there.
     #[arg(long, env = "MS2M_MANAGEMENT_URL")]
     management_url: Option<String>,
-    /// The service's prefetch on its primary queue (0: unlimited or auto-ack). The
-    /// checkpoint waits until this many post-binding messages reached the source, which
-    /// proves it acknowledged every earlier one. Too high only waits longer.
+    /// The service's prefetch on its primary queue. The checkpoint waits until this many
+    /// post-binding messages reached the source, which proves it acknowledged every
+    /// earlier one. Too high only waits longer. 0 (unlimited or auto-ack) is refused:
+    /// nothing bounds what such a consumer holds unapplied at the checkpoint.
     #[arg(long, default_value_t = ms2m_shim::crd::DEFAULT_SOURCE_PREFETCH)]
     source_prefetch: u16,
     /// The service's primary queue.
@@ -278,6 +279,21 @@ fn check_usage(cli: &Cli) -> Result<(), clap::Error> {
             }
             _ => None,
         };
+        if a.source_prefetch == 0 {
+            // The standalone driver only does ShadowPod.
+            let mut cmd = Cli::command();
+            let sub = cmd
+                .find_subcommand_mut("migrate")
+                .expect("migrate subcommand")
+                .clone();
+            return Err(sub.bin_name("ms2m-shim migrate").error(
+                ErrorKind::ValueValidation,
+                format!(
+                    "--source-prefetch 0: {}",
+                    ms2m_shim::crd::UNBOUNDED_PREFETCH_REFUSED
+                ),
+            ));
+        }
         if let Some(m) = missing {
             let mut cmd = Cli::command();
             let sub = cmd

@@ -20,10 +20,13 @@ use serde_json::{Value, json};
 use crate::bundle::Bundle;
 use crate::process::run;
 
+pub mod accounting;
 pub mod agents;
+pub mod conformance;
 mod scenario;
+pub use accounting::Accounting;
 pub use scenario::{
-    Driver, HTTP_PORT, Migrated, Scenario, ScenarioReport, ScenarioSpec, Strategy, dir_size,
+    Driver, GAP_ALLOWANCE_MS, HTTP_PORT, Migrated, Scenario, ScenarioReport, ScenarioSpec, Strategy, dir_size,
     longest_gap, migrate_by_hand, migrate_by_hand_with,
 };
 
@@ -125,21 +128,39 @@ pub struct ConsumerSpec {
     pub behaviour: ConsumerBehaviour,
 }
 
+/// Which reference consumer runs in the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsumerKind {
+    /// The static Rust sample (tests/sample-service).
+    RustSample,
+    /// tests/consumers/pika_consumer.py: Python + pika, never deduplicates. Runs on
+    /// Debian's python3, bind-mounted read-only, with the pinned pika scripts/setup.sh
+    /// installs ([`crate::env::pika_dir`]) copied into the rootfs.
+    PythonPika,
+}
+
 /// How the consumer treats its broker: the reference behaviour (prefetch 1, skips
 /// sequence numbers it applied, reconnects at once) or a typical third-party one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConsumerBehaviour {
+    pub kind: ConsumerKind,
+    /// `basic.qos` prefetch; 0: unlimited.
     pub prefetch: u16,
     pub dedup: bool,
     pub reconnect_delay_ms: u64,
+    /// Automatic acknowledgement (Python consumer only): the broker counts a delivery
+    /// as done when it sends it.
+    pub auto_ack: bool,
 }
 
 impl Default for ConsumerBehaviour {
     fn default() -> Self {
         Self {
+            kind: ConsumerKind::RustSample,
             prefetch: 1,
             dedup: true,
             reconnect_delay_ms: 0,
+            auto_ack: false,
         }
     }
 }
@@ -152,16 +173,57 @@ impl ConsumerBehaviour {
             prefetch: 50,
             dedup: false,
             reconnect_delay_ms: 3000,
+            ..Self::default()
+        }
+    }
+
+    /// The Python + pika consumer: no deduplication, 3 s before a reconnect, manual ack
+    /// with `prefetch` (0: unlimited) or automatic ack.
+    pub fn python(prefetch: u16, auto_ack: bool) -> Self {
+        Self {
+            kind: ConsumerKind::PythonPika,
+            prefetch,
+            dedup: false,
+            reconnect_delay_ms: 3000,
+            auto_ack,
+        }
+    }
+
+    /// The prefetch ms2m must be told (`--source-prefetch`): 0 when nothing bounds
+    /// what the consumer holds (unlimited, or automatic ack).
+    pub fn declared_prefetch(&self) -> u16 {
+        if self.auto_ack { 0 } else { self.prefetch }
+    }
+
+    /// A short name for tables: `rust-dedup`, `py-p50`, `py-unlimited`, `py-autoack`.
+    pub fn label(&self) -> String {
+        match (self.kind, self.auto_ack, self.prefetch) {
+            (ConsumerKind::RustSample, _, _) if self.dedup => "rust-dedup".into(),
+            (ConsumerKind::RustSample, _, p) => format!("rust-nodedup-p{p}"),
+            (ConsumerKind::PythonPika, true, _) => "py-autoack".into(),
+            (ConsumerKind::PythonPika, false, 0) => "py-unlimited".into(),
+            (ConsumerKind::PythonPika, false, p) => format!("py-p{p}"),
         }
     }
 }
 
-/// A bundle running the static consumer as PID 1, in `netns`, with `/etc/hostname`
-/// bind-mounted from a file holding `spec.pod`.
+/// The Python reference consumer's script in this workspace.
+pub fn pika_consumer_script() -> PathBuf {
+    workspace_root().join("tests/consumers/pika_consumer.py")
+}
+
+/// A bundle running the consumer `spec` asks for as PID 1, in `netns`, with
+/// `/etc/hostname` bind-mounted from a file holding `spec.pod`.
 pub fn consumer_bundle(dir: &Path, spec: &ConsumerSpec, netns: &Path) -> Bundle {
-    let bins = sample_binaries();
-    let bundle = Bundle::busybox(&dir.join("bundle"), &["/bin/ms2m-sample-consumer"]);
-    bundle.add_file(&bins.consumer, "/bin/ms2m-sample-consumer");
+    let bundle = match spec.behaviour.kind {
+        ConsumerKind::RustSample => {
+            let bins = sample_binaries();
+            let bundle = Bundle::busybox(&dir.join("bundle"), &["/bin/ms2m-sample-consumer"]);
+            bundle.add_file(&bins.consumer, "/bin/ms2m-sample-consumer");
+            bundle
+        }
+        ConsumerKind::PythonPika => python_bundle(&dir.join("bundle")),
+    };
     bundle.use_netns(netns);
     let hostname = dir.join("hostname");
     std::fs::write(&hostname, format!("{}\n", spec.pod)).unwrap();
@@ -178,6 +240,14 @@ pub fn consumer_bundle(dir: &Path, spec: &ConsumerSpec, netns: &Path) -> Bundle 
             "MS2M_RECONNECT_DELAY_MS",
             &spec.behaviour.reconnect_delay_ms.to_string(),
         ),
+        (
+            "MS2M_ACK",
+            if spec.behaviour.auto_ack {
+                "auto"
+            } else {
+                "manual"
+            },
+        ),
         ("RUST_LOG", "info"),
     ]);
     bundle.edit_config(|c| {
@@ -187,6 +257,49 @@ pub fn consumer_bundle(dir: &Path, spec: &ConsumerSpec, netns: &Path) -> Bundle 
             "type": "bind",
             "source": hostname,
             "options": ["bind", "ro"]
+        }));
+    });
+    bundle
+}
+
+/// A busybox bundle running the pika consumer on the host's Debian python3: `/usr`
+/// bind-mounted read-only (`/lib`, `/lib64` are links into it, as on merged-/usr
+/// Debian), pika and the script copied into the rootfs (so the image rootfs the agents
+/// restore from carries them). No byte-code is written: the rootfs stays as imaged.
+fn python_bundle(dir: &Path) -> Bundle {
+    let python = Path::new("/usr/bin/python3");
+    assert!(
+        python.is_file(),
+        "{} missing: install the Debian package python3 (scripts/setup.sh does)",
+        python.display()
+    );
+    let pika = crate::env::pika_dir();
+    let bundle = Bundle::busybox(
+        dir,
+        &["/usr/bin/python3", "-B", "/app/pika_consumer.py"],
+    );
+    let rootfs = bundle.rootfs();
+    bundle.add_file(&pika_consumer_script(), "/app/pika_consumer.py");
+    std::fs::create_dir_all(rootfs.join("opt")).unwrap();
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(pika.join("pika"))
+        .arg(rootfs.join("opt/pika")));
+    std::fs::create_dir_all(rootfs.join("usr")).unwrap();
+    for link in ["lib", "lib64"] {
+        std::os::unix::fs::symlink(format!("usr/{link}"), rootfs.join(link)).unwrap();
+    }
+    bundle.set_env(&[
+        ("PYTHONPATH", "/opt"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+        ("PYTHONUNBUFFERED", "1"),
+    ]);
+    bundle.edit_config(|c| {
+        c["mounts"].as_array_mut().unwrap().push(json!({
+            "destination": "/usr",
+            "type": "bind",
+            "source": "/usr",
+            "options": ["rbind", "ro"]
         }));
     });
     bundle
@@ -251,6 +364,31 @@ pub fn u64_of(v: &Value, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("/state has no integer {key:?}: {v}"))
 }
 
+/// The shape of the producer's load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Load {
+    /// One message every `1/rate` s.
+    Steady,
+    /// `burst` messages back to back, then `pause_ms` (the 10, then 1 s).
+    Bursty { burst: u64, pause_ms: u64 },
+}
+
+impl Load {
+    pub fn bursty() -> Load {
+        Load::Bursty {
+            burst: 10,
+            pause_ms: 1000,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Load::Steady => "steady",
+            Load::Bursty { .. } => "bursty",
+        }
+    }
+}
+
 /// A producer process publishing `{seq, value}` at `rate` for `count` messages.
 pub struct Producer {
     child: Child,
@@ -258,17 +396,39 @@ pub struct Producer {
 
 impl Producer {
     pub fn start(amqp_url: &str, exchange: &str, queue: &str, rate: f64, count: u64) -> Producer {
+        Producer::start_with(amqp_url, exchange, queue, rate, count, Load::Steady, None)
+    }
+
+    /// [`Producer::start`] with a load shape, writing `[[seq, unix_ms], …]` of every
+    /// publish to `publish_log` when done.
+    pub fn start_with(
+        amqp_url: &str,
+        exchange: &str,
+        queue: &str,
+        rate: f64,
+        count: u64,
+        load: Load,
+        publish_log: Option<&Path>,
+    ) -> Producer {
         let bins = sample_binaries();
-        let child = Command::new(&bins.producer)
-            .args([
-                "--amqp-url",
-                amqp_url,
-                "--exchange",
-                exchange,
-                "--queue",
-                queue,
-            ])
-            .args(["--rate", &rate.to_string(), "--count", &count.to_string()])
+        let mut cmd = Command::new(&bins.producer);
+        cmd.args([
+            "--amqp-url",
+            amqp_url,
+            "--exchange",
+            exchange,
+            "--queue",
+            queue,
+        ])
+        .args(["--rate", &rate.to_string(), "--count", &count.to_string()]);
+        if let Load::Bursty { burst, pause_ms } = load {
+            cmd.args(["--burst", &burst.to_string()])
+                .args(["--pause-ms", &pause_ms.to_string()]);
+        }
+        if let Some(p) = publish_log {
+            cmd.arg("--publish-log").arg(p);
+        }
+        let child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -80,3 +80,19 @@ pub fn messaging(amqp_url: &str, prefix: &str) -> ms2m_shim::messaging::Messagin
     ms2m_shim::messaging::Messaging::with_management(amqp_url, prefix, &management())
         .expect("the test broker's URLs parse")
 }
+
+/// The pinned pika scripts/setup.sh installs for the Python reference consumer
+/// (`MS2M_PIKA_DIR`, default `/var/cache/ms2m/pika-1.3.2`): a `--target` dir holding
+/// the `pika` package.
+pub fn pika_dir() -> PathBuf {
+    let p = PathBuf::from(
+        std::env::var("MS2M_PIKA_DIR").unwrap_or_else(|_| "/var/cache/ms2m/pika-1.3.2".into()),
+    );
+    assert!(
+        p.join("pika/__init__.py").is_file(),
+        "pika not found in {} (set MS2M_PIKA_DIR or run scripts/setup.sh, which installs \
+         the pinned pika from PyPI there)",
+        p.display()
+    );
+    p
+}

@@ -39,6 +39,7 @@ fn spec(
         ballast_mib,
         warmup: (rate as u64).max(10),
         consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
+        load: ms2m_tests::e2e::Load::Steady,
     }
 }
 

@@ -19,6 +19,7 @@ fn stop_and_copy_by_hand_loses_nothing() {
         ballast_mib: 8,
         warmup: 20,
         consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
+        load: ms2m_tests::e2e::Load::Steady,
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
     report.assert_exactly_once();
@@ -38,6 +39,7 @@ fn shadowpod_by_hand_with_32_mib_of_state_at_20_msg_per_s() {
         ballast_mib: 32,
         warmup: 40,
         consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
+        load: ms2m_tests::e2e::Load::Steady,
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
     report.assert_exactly_once();
@@ -58,6 +60,7 @@ fn shadowpod_by_hand_with_512_mib_of_state() {
         ballast_mib: 512,
         warmup: 20,
         consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
+        load: ms2m_tests::e2e::Load::Steady,
     };
     let report = Scenario::start(spec).run(migrate_by_hand);
     report.assert_exactly_once();
@@ -78,6 +81,7 @@ fn broker_connections_dropped_mid_replay_lose_nothing() {
         ballast_mib: 8,
         warmup: 20,
         consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
+        load: ms2m_tests::e2e::Load::Steady,
     };
     let report = Scenario::start(spec).run(|sc| {
         migrate_by_hand_with(sc, |sc, target_pod| {

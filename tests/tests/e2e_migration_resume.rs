@@ -22,6 +22,7 @@ fn shim_killed_mid_replaying_resumes_from_its_state_file_and_loses_nothing() {
             ballast_mib: 8,
             warmup: 20,
             consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
+            load: ms2m_tests::e2e::Load::Steady,
         },
         Driver::Agents,
     );

@@ -29,6 +29,12 @@ pub struct ProducerConfig {
     pub duration: Option<Duration>,
     pub start_seq: u64,
     pub confirm_timeout: Duration,
+    /// Bursty load instead of a steady rate: this many messages back to back, then
+    /// `pause` (the "10 then 1 s"); `rate` is ignored.
+    pub burst: Option<(u64, Duration)>,
+    /// Where to write `[[seq, unix_ms], …]` of every publish when done: the accounting
+    /// measures each message's delay from its publish, outside the consumer.
+    pub publish_log: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +159,7 @@ pub async fn run(
     let mut confirms = Confirms::default();
     let mut produced = 0u64;
     let mut sum = 0i64;
+    let mut published: Vec<(u64, u64)> = Vec::new();
     tokio::pin!(stop);
     loop {
         if cfg.count.is_some_and(|n| produced >= n) || deadline.is_some_and(|d| Instant::now() >= d)
@@ -161,7 +168,9 @@ pub async fn run(
         }
         let seq = cfg.start_seq + produced;
         let msg = DataMessage::for_seq(seq);
+        let at = crate::state::unix_ms();
         amqp::publish_json(&channel, &cfg.exchange, &routing_key, msg.to_json()).await?;
+        published.push((seq, at));
         produced += 1;
         sum += msg.value;
         confirms.outstanding.insert(produced);
@@ -169,7 +178,11 @@ pub async fn run(
             confirms.settle(c);
         }
         // Paced against the start time, so a slow publish does not lower the rate.
-        let next = started + interval.mul_f64(produced as f64);
+        let next = match cfg.burst {
+            Some((n, _)) if produced % n.max(1) != 0 => continue,
+            Some((n, pause)) => started + pause.mul_f64((produced / n.max(1)) as f64),
+            None => started + interval.mul_f64(produced as f64),
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
             _ = &mut stop => break,
@@ -186,6 +199,10 @@ pub async fn run(
     .await;
     let elapsed = started.elapsed();
     let _ = connection.close().await;
+    if let Some(path) = &cfg.publish_log {
+        std::fs::write(path, serde_json::to_vec(&published)?)
+            .map_err(|e| Error::Confirm(format!("publish log {}: {e}", path.display())))?;
+    }
     if waited.is_err() || !confirms.outstanding.is_empty() {
         return Err(Error::Confirm(format!(
             "{} of {produced} publishes unconfirmed after {:?}",

@@ -52,6 +52,7 @@ fn parse() -> Args {
             ballast_mib: 25,
             warmup: 30,
             consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
+            load: ms2m_tests::e2e::Load::Steady,
         },
         quiet: false,
     };

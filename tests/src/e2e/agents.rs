@@ -452,7 +452,7 @@ fn shim_command(
         .args(["--checkpoint-id", checkpoint_id])
         .args([
             "--source-prefetch",
-            &sc.source_spec.behaviour.prefetch.to_string(),
+            &sc.source_spec.behaviour.declared_prefetch().to_string(),
         ])
         .args([
             "--replay-mode",

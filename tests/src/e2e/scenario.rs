@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::accounting::{Accounting, account};
 use super::{
     Broker, ConsumerSpec, Producer, QueueCleanup, amqp_port, amqp_url_at, consumer_bundle,
     criu_stop_and_copy_source, criu_tcp_close, get_applied, get_state, restore_with_log,
@@ -41,6 +42,8 @@ pub struct ScenarioSpec {
     /// Messages the source applies before the migration starts.
     pub warmup: u64,
     pub consumer: super::ConsumerBehaviour,
+    /// Steady at `rate`, or bursts.
+    pub load: super::Load,
 }
 
 pub const HTTP_PORT: u16 = 8080;
@@ -98,9 +101,52 @@ pub struct ScenarioReport {
     pub summary: Value,
     /// The target container's output (the consumer logs to stderr), for diagnosis.
     pub target_log: String,
+    /// Every message accounted for from outside the consumer (`None` for a rollback).
+    pub accounting: Option<Accounting>,
+    /// The producer's `(seq, unix ms)` of every publish (empty for a rollback).
+    pub published: Vec<(u64, u64)>,
 }
 
+/// How much longer than the load's own longest pause (before the migration) nothing
+/// may be applied during it: the rule.
+pub const GAP_ALLOWANCE_MS: u64 = 200;
+
 impl ScenarioReport {
+    /// The conformance rule of one migration, from outside the consumer: every published
+    /// message is in the surviving state (publish log vs. its apply log, and its own
+    /// counters agree), at most `twice_bound` applied twice, and no interval without
+    /// processing longer than the load's own longest pause before the migration plus
+    /// [`GAP_ALLOWANCE_MS`]. Returns the accounting.
+    pub fn assert_conformance(&self, twice_bound: u64) -> &Accounting {
+        let a = self.accounting.as_ref().expect("a completed migration's accounting");
+        if a.lost != 0 {
+            eprintln!("final instance log:\n{}", self.target_log);
+        }
+        assert_eq!(a.lost, 0, "lost (publish log vs apply log): {}", self.summary);
+        assert_eq!(a.published, self.produced["produced"].as_u64().unwrap_or(0));
+        assert_eq!(self.summary["lost"], 0, "lost (state): {}", self.summary);
+        assert_eq!(
+            a.applied_twice,
+            super::u64_of(&self.final_state, "applied_twice"),
+            "the apply log and the state disagree: {}",
+            self.summary
+        );
+        assert!(
+            a.applied_twice <= twice_bound,
+            "applied twice {} > bound {twice_bound}: {}",
+            a.applied_twice,
+            self.summary
+        );
+        assert!(
+            a.longest_gap_ms <= a.baseline_gap_ms + GAP_ALLOWANCE_MS,
+            "{} ms without processing during the migration, {} ms before it: {}",
+            a.longest_gap_ms,
+            a.baseline_gap_ms,
+            self.summary
+        );
+        a
+    }
+
     /// Every produced message is in the surviving state at least once, and it is back
     /// on the primary queue; returns how many were applied twice (a consumer without
     /// deduplication can apply a message twice: docs/migration-protocol.md bounds it).
@@ -127,6 +173,9 @@ impl ScenarioReport {
     /// final instance's log first when something was lost.
     pub fn assert_exactly_once(&self) {
         use super::u64_of;
+        if self.accounting.is_some() {
+            self.assert_conformance(0);
+        }
         if self.summary["lost"] != 0 || self.summary["sum_matches"] != true {
             eprintln!("final instance log:\n{}", self.target_log);
         }
@@ -226,13 +275,19 @@ impl Scenario {
             .arg(pristine.join("consumer")));
         let source =
             crate::container::Container::run(&bundle, &crate::env::unique("ms2m-e2e-src-"));
-        wait_state(
-            source_pod.addr(),
-            HTTP_PORT,
-            Duration::from_secs(60),
-            "the source to connect",
-            |v| u64_of(v, "connections") >= 1,
-        );
+        let addr = source_pod.addr();
+        if let Err(e) = std::panic::catch_unwind(|| {
+            wait_state(
+                addr,
+                HTTP_PORT,
+                Duration::from_secs(60),
+                "the source to connect",
+                |v| u64_of(v, "connections") >= 1,
+            )
+        }) {
+            eprintln!("--- source container output ---\n{}", source.output());
+            std::panic::resume_unwind(e);
+        }
         Scenario {
             spec,
             broker: Broker {
@@ -258,12 +313,15 @@ impl Scenario {
     /// messages, waits until the target has applied the last message, and accounts.
     pub fn run(mut self, migrate: impl FnOnce(&mut Scenario) -> Migrated) -> ScenarioReport {
         let spec = self.spec.clone();
-        let producer = Producer::start(
+        let publish_log = self.tmp.path().join("published.json");
+        let producer = Producer::start_with(
             &self.amqp_url,
             &self.exchange,
             &self.queue,
             spec.rate,
             spec.total,
+            spec.load,
+            Some(&publish_log),
         );
         wait_state(
             self.source_pod.addr(),
@@ -302,7 +360,13 @@ impl Scenario {
             seqs.dedup();
             (n - seqs.len()) as u64
         };
+        let published: Vec<(u64, u64)> = serde_json::from_slice(
+            &std::fs::read(&publish_log).expect("the producer's publish log"),
+        )
+        .expect("publish log JSON");
+        let surviving = applies.clone();
         applies.extend(self.source_applied.iter().copied());
+        let accounting = account(&published, &surviving, &applies, t0, t1);
         let downtime = longest_gap(&applies, t0, t1);
         let count = u64_of(&fin, "count");
         let distinct = u64_of(&fin, "distinct");
@@ -311,7 +375,11 @@ impl Scenario {
             "rate": spec.rate,
             "delay_ms": spec.delay_ms,
             "ballast_mib": spec.ballast_mib,
+            "load": spec.load.label(),
+            "accounting": accounting,
             "consumer": {
+                "label": spec.consumer.label(),
+                "auto_ack": spec.consumer.auto_ack,
                 "prefetch": spec.consumer.prefetch,
                 "dedup": spec.consumer.dedup,
                 "reconnect_delay_ms": spec.consumer.reconnect_delay_ms,
@@ -340,6 +408,8 @@ impl Scenario {
             produced,
             summary,
             target_log,
+            accounting: Some(accounting),
+            published,
         }
     }
 
@@ -394,6 +464,8 @@ impl Scenario {
             produced,
             summary,
             target_log,
+            accounting: None,
+            published: Vec::new(),
         }
     }
 

@@ -30,6 +30,14 @@ struct Args {
     start_seq: u64,
     #[arg(long, default_value_t = 30)]
     confirm_timeout_secs: u64,
+    /// Bursty load: this many messages back to back, then --pause-ms (ignores --rate).
+    #[arg(long)]
+    burst: Option<u64>,
+    #[arg(long, default_value_t = 1000)]
+    pause_ms: u64,
+    /// Write `[[seq, unix_ms], …]` of every publish to this file when done.
+    #[arg(long)]
+    publish_log: Option<std::path::PathBuf>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -52,6 +60,11 @@ async fn main() -> anyhow::Result<()> {
         duration: args.duration_secs.map(Duration::from_secs_f64),
         start_seq: args.start_seq,
         confirm_timeout: Duration::from_secs(args.confirm_timeout_secs),
+        burst: args
+            .burst
+            .filter(|n| *n > 0)
+            .map(|n| (n, Duration::from_millis(args.pause_ms))),
+        publish_log: args.publish_log,
     };
     let stop = async {
         let mut term =
