@@ -4,10 +4,10 @@
 test:            ## set up the machine, start services, run the whole suite, stop them
 	bash scripts/test.sh
 
-demo:            ## the main job on the embedded two-node default (no cluster needed)
-	bash scripts/demo.sh
+demo:            ## the main job on the embedded two-node default (no cluster needed): make demo [CONSUMER=python] [DEMO_ARGS="--load bursty ..."]
+	bash scripts/demo.sh $(if $(CONSUMER),--consumer $(CONSUMER)) $(DEMO_ARGS)
 
-bench:           ## benchmarks against buildah, skopeo, zstd/pigz and the raw upload limit
+bench:           ## benchmarks against buildah, skopeo, zstd/pigz and the raw upload limit, and the protocol's full conformance matrix
 	bash scripts/bench.sh
 
 images:          ## build and push the agent and shim images: make images REGISTRY=registry.example.com/ms2m [TAG=0.1.0] [PUSH=0]

@@ -7,7 +7,10 @@
 # size, transfer rate, downtime and message accounting, and ends with one JSON line.
 # Everything is torn down at the end, also on failure or Ctrl-C. Idempotent.
 #   scripts/demo.sh [ms2m-demo flags]   e.g. --strategy stop-and-copy, --transfer direct,
-#                                       --rate 50 --delay-ms 10, --ballast-mib 512
+#                                       --rate 50 --delay-ms 10, --ballast-mib 512,
+#                                       --consumer python (Python + pika, prefetch 50, no
+#                                       dedup, 3 s reconnect), --load bursty
+#   make demo CONSUMER=python [DEMO_ARGS="--load bursty"]   (make takes no --flags itself)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

@@ -60,15 +60,13 @@ fn third_party_run(replay_mode: ReplayMode, transfer: Transfer) {
         ..ShimOptions::default()
     };
     let report = sc.run(|sc| migrate_with_shim(sc, &agents, &opts));
-    let twice = report.assert_nothing_lost();
-    let checkpointing_ms = report.summary["phases_ms"]["checkpointing"]
-        .as_u64()
-        .unwrap_or(0);
-    let bound = u64::from(prefetch) + (10 * (checkpointing_ms + 999) / 1000) + 1;
+    let consumer = ms2m_tests::e2e::ConsumerBehaviour::third_party();
+    let bound = ms2m_tests::e2e::conformance::shadowpod_twice_bound(&consumer, &report);
+    let a = report.assert_conformance(bound);
     eprintln!(
-        "third-party consumer, {replay_mode:?} {transfer:?}: applied twice {twice} (bound {bound})"
+        "third-party consumer (prefetch {prefetch}), {replay_mode:?} {transfer:?}: applied twice {} (bound {bound})",
+        a.applied_twice
     );
-    assert!(twice <= bound, "{}", report.summary);
     // The restored consumer slept 3 s before it reconnected: the source may not have
     // been stopped before the target consumed the replay queue.
     let replay = &report.summary["details"]["replay"];

@@ -327,6 +327,12 @@ async fn process(
 /// already prefetched). Closing the channel would hand those back to a queue the
 /// controller deletes next, and the ones the source applied before it stopped are in
 /// no other queue. Anything published later is in the primary queue as well.
+///
+/// The depth is read by a passive declare on the consuming channel itself: a channel's
+/// frames arrive in order, so every delivery the broker made before its answer is
+/// already in `rx` then. Depth 0 with nothing left in `rx` means nothing more can come
+/// (after the cut-over nothing new enters the replay queue): one round trip, no wait
+/// for stragglers, so the primary queue is served again at once.
 async fn drain_replay(
     cfg: &ConsumerConfig,
     state: &SharedState,
@@ -334,53 +340,30 @@ async fn drain_replay(
     session: &mut Session,
     queue: &str,
 ) -> std::result::Result<(), SessionEnd> {
-    if session.data.is_none() {
-        return Ok(());
-    }
-    let ready = match replay_depth(&session.connection, queue).await {
-        Ok(n) => u64::from(n),
-        Err(e) => {
-            warn!(queue, error = %e, "replay queue depth unknown, draining what is prefetched");
-            0
-        }
-    };
-    let target = ready + u64::from(cfg.prefetch);
-    let mut done = 0u64;
-    info!(queue, ready, "END_REPLAY: finishing the replay queue");
+    info!(queue, "END_REPLAY: finishing the replay queue");
     loop {
         let Some(data) = session.data.as_mut() else {
             return Ok(());
         };
+        let ready = match amqp::queue_depth(&data.channel, queue).await {
+            Ok(n) => n,
+            Err(e) => {
+                // A missing queue: only what is already here is left to finish.
+                warn!(queue, error = %e, "replay queue depth unknown, draining what is prefetched");
+                0
+            }
+        };
         let next = match data.rx.try_recv() {
             Ok(m) => Some(m),
-            Err(_) if done >= target => None,
-            Err(_) => {
-                // Stragglers beyond the counted depth only get a short wait.
-                let wait = if done >= ready {
-                    Duration::from_millis(300)
-                } else {
-                    Duration::from_secs(2)
-                };
-                tokio::time::timeout(wait, data.rx.recv())
-                    .await
-                    .ok()
-                    .flatten()
-            }
+            Err(_) if ready == 0 => return Ok(()),
+            Err(_) => tokio::time::timeout(Duration::from_secs(2), data.rx.recv())
+                .await
+                .ok()
+                .flatten(),
         };
         let Some(m) = next else { return Ok(()) };
         process(cfg, state, watch, session, m).await?;
-        done += 1;
     }
-}
-
-async fn replay_depth(connection: &Connection, queue: &str) -> Result<u32> {
-    // A passive declare of a missing queue closes its channel: use a throw-away one.
-    let ch = connection.open_channel(None).await?;
-    let depth = amqp::queue_depth(&ch, queue).await;
-    if depth.is_ok() {
-        let _ = ch.close().await;
-    }
-    depth
 }
 
 async fn next_data(data: &mut Option<DataConsumer>) -> Option<ConsumerMessage> {

@@ -147,27 +147,6 @@ impl ScenarioReport {
         a
     }
 
-    /// Every produced message is in the surviving state at least once, and it is back
-    /// on the primary queue; returns how many were applied twice (a consumer without
-    /// deduplication can apply a message twice: docs/migration-protocol.md bounds it).
-    pub fn assert_nothing_lost(&self) -> u64 {
-        use super::u64_of;
-        if self.summary["lost"] != 0 {
-            eprintln!("final instance log:\n{}", self.target_log);
-        }
-        let total = self.produced["produced"].as_u64().unwrap();
-        assert_eq!(self.produced["confirmed"].as_u64(), Some(total));
-        assert_eq!(self.summary["lost"], 0, "{}", self.summary);
-        assert_eq!(u64_of(&self.final_state, "distinct"), total);
-        assert_eq!(self.final_state["mode"], "primary");
-        assert_eq!(
-            self.summary["applied_twice"], self.summary["applied_twice_by_state"],
-            "the apply log and the state disagree: {}",
-            self.summary
-        );
-        u64_of(&self.final_state, "applied_twice")
-    }
-
     /// Every produced message was confirmed by the broker and applied exactly once by
     /// the final instance, in order, which is back on the primary queue. Prints the
     /// final instance's log first when something was lost.
