@@ -58,5 +58,8 @@ fn main() {
     for r in &rows {
         println!("{r}");
     }
-    assert!(failed.is_empty(), "cells that broke their promise: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "cells that broke their promise: {failed:?}"
+    );
 }

@@ -234,8 +234,7 @@ impl StatefulMigrationSpec {
         if mq.exchange_name.is_empty() || mq.exchange_name.starts_with("amq.") {
             return bad("exchangeName must be set and not start with amq. (reserved)");
         }
-        if mq.source_prefetch == Some(0) && self.migration_strategy != Some(Strategy::Sequential)
-        {
+        if mq.source_prefetch == Some(0) && self.migration_strategy != Some(Strategy::Sequential) {
             return bad(UNBOUNDED_PREFETCH_REFUSED);
         }
         Ok(())

@@ -278,23 +278,27 @@ class Session:
         """Works off the replay queue before leaving it: closing the channel would hand
         what it holds back to a queue the driver deletes next.
 
-        The depth is read by a passive declare on the consuming channel itself: the
-        broker sends a channel's frames in order, so every delivery it made before the
-        answer has arrived by then. Depth 0 with nothing left to dispatch means nothing
-        more can come (after the cut-over nothing new enters the replay queue), and it
-        costs one round trip, not a wait for stragglers."""
+        The depth is read by a passive declare on the consuming channel. The broker may
+        answer a declare before a delivery it had already sent off, but not before one
+        it sent before the *previous* answer: so depth 0 twice in a row, with nothing
+        delivered in between, means every delivery has been worked off and nothing more
+        can come (after the cut-over nothing new enters the replay queue). That costs
+        two round trips, not a wait for stragglers."""
         LOG.info("END_REPLAY: finishing %s", queue)
-        while self.data is not None:
+        empty_reads = 0
+        while self.data is not None and empty_reads < 2:
+            before = self.delivered
             try:
                 depth = self.data.queue_declare(queue, passive=True).method.message_count
             except pika.exceptions.ChannelClosedByBroker:
                 # The queue is gone; its channel closed with it.
                 self.data = None
                 return
-            before = self.delivered
             self.conn.process_data_events(time_limit=0)
             if depth == 0 and self.delivered == before:
-                return
+                empty_reads += 1
+                continue
+            empty_reads = 0
             if self.delivered == before:
                 self.conn.process_data_events(time_limit=0.05)
 

@@ -26,8 +26,8 @@ pub mod conformance;
 mod scenario;
 pub use accounting::Accounting;
 pub use scenario::{
-    Driver, GAP_ALLOWANCE_MS, HTTP_PORT, Migrated, Scenario, ScenarioReport, ScenarioSpec, Strategy, dir_size,
-    longest_gap, migrate_by_hand, migrate_by_hand_with,
+    Driver, GAP_ALLOWANCE_MS, HTTP_PORT, Migrated, Scenario, ScenarioReport, ScenarioSpec,
+    Strategy, dir_size, longest_gap, migrate_by_hand, migrate_by_hand_with,
 };
 
 pub const STATIC_TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -274,10 +274,7 @@ fn python_bundle(dir: &Path) -> Bundle {
         python.display()
     );
     let pika = crate::env::pika_dir();
-    let bundle = Bundle::busybox(
-        dir,
-        &["/usr/bin/python3", "-B", "/app/pika_consumer.py"],
-    );
+    let bundle = Bundle::busybox(dir, &["/usr/bin/python3", "-B", "/app/pika_consumer.py"]);
     let rootfs = bundle.rootfs();
     bundle.add_file(&pika_consumer_script(), "/app/pika_consumer.py");
     std::fs::create_dir_all(rootfs.join("opt")).unwrap();

@@ -328,11 +328,12 @@ async fn process(
 /// controller deletes next, and the ones the source applied before it stopped are in
 /// no other queue. Anything published later is in the primary queue as well.
 ///
-/// The depth is read by a passive declare on the consuming channel itself: a channel's
-/// frames arrive in order, so every delivery the broker made before its answer is
-/// already in `rx` then. Depth 0 with nothing left in `rx` means nothing more can come
-/// (after the cut-over nothing new enters the replay queue): one round trip, no wait
-/// for stragglers, so the primary queue is served again at once.
+/// The depth is read by a passive declare on the consuming channel. The broker may
+/// answer a declare before a delivery it had already sent off, but not before one it
+/// sent before the *previous* answer: depth 0 twice in a row with nothing in `rx`
+/// means every delivery was worked off and nothing more can come (after the cut-over
+/// nothing new enters the replay queue). Two round trips, no wait for stragglers, so
+/// the primary queue is served again at once.
 async fn drain_replay(
     cfg: &ConsumerConfig,
     state: &SharedState,
@@ -341,6 +342,7 @@ async fn drain_replay(
     queue: &str,
 ) -> std::result::Result<(), SessionEnd> {
     info!(queue, "END_REPLAY: finishing the replay queue");
+    let mut empty_reads = 0;
     loop {
         let Some(data) = session.data.as_mut() else {
             return Ok(());
@@ -354,8 +356,15 @@ async fn drain_replay(
             }
         };
         let next = match data.rx.try_recv() {
-            Ok(m) => Some(m),
-            Err(_) if ready == 0 => return Ok(()),
+            Ok(m) => {
+                empty_reads = 0;
+                Some(m)
+            }
+            Err(_) if ready == 0 && empty_reads >= 1 => return Ok(()),
+            Err(_) if ready == 0 => {
+                empty_reads += 1;
+                continue;
+            }
             Err(_) => tokio::time::timeout(Duration::from_secs(2), data.rx.recv())
                 .await
                 .ok()

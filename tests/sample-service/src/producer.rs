@@ -179,7 +179,7 @@ pub async fn run(
         }
         // Paced against the start time, so a slow publish does not lower the rate.
         let next = match cfg.burst {
-            Some((n, _)) if produced % n.max(1) != 0 => continue,
+            Some((n, _)) if !produced.is_multiple_of(n.max(1)) => continue,
             Some((n, pause)) => started + pause.mul_f64((produced / n.max(1)) as f64),
             None => started + interval.mul_f64(produced as f64),
         };

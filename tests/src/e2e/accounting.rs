@@ -101,7 +101,12 @@ pub fn account(
             during.push(delay);
         }
     }
-    let start = all_applies.iter().map(|(_, t)| *t).min().unwrap_or(t0).min(t0);
+    let start = all_applies
+        .iter()
+        .map(|(_, t)| *t)
+        .min()
+        .unwrap_or(t0)
+        .min(t0);
     Accounting {
         published: published.len() as u64,
         lost,

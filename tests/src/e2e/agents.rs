@@ -582,11 +582,12 @@ fn finish_shim_migration(
     let source_applied = recorder.finish();
     assert!(
         r.succeeded,
-        "the standalone driver did not complete: {}\n{}\n--- source agent ---\n{}\n--- target agent ---\n{}",
+        "the standalone driver did not complete: {}\n{}\n--- source agent ---\n{}\n--- target agent ---\n{}\n--- target container ---\n{}",
         r.report,
         r.stderr,
         tail(&agents.a.log_text()),
-        tail(&agents.b.log_text())
+        tail(&agents.b.log_text()),
+        tail(&container_logs(&sc.tmp.path().join("agents/b")))
     );
     // The driver removed the source container; keep what it applied.
     if let Some(src) = sc.source.take() {
@@ -656,6 +657,24 @@ fn transfer_figures(job: &Value) -> Value {
         "archive_mb_per_s": r["archive_bytes"].as_u64().filter(|_| ms > 0)
             .map(|b| (b as f64 / 1e6) / (ms as f64 / 1e3)),
     })
+}
+
+/// The output of the containers an agent started (`<bundle>/container.log` under its
+/// state dir), for diagnosis.
+fn container_logs(dir: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "container.log") {
+                out.push_str(&std::fs::read_to_string(&p).unwrap_or_default());
+            }
+        }
+    }
+    out
 }
 
 fn tail(s: &str) -> String {

@@ -118,11 +118,18 @@ impl ScenarioReport {
     /// processing longer than the load's own longest pause before the migration plus
     /// [`GAP_ALLOWANCE_MS`]. Returns the accounting.
     pub fn assert_conformance(&self, twice_bound: u64) -> &Accounting {
-        let a = self.accounting.as_ref().expect("a completed migration's accounting");
+        let a = self
+            .accounting
+            .as_ref()
+            .expect("a completed migration's accounting");
         if a.lost != 0 {
             eprintln!("final instance log:\n{}", self.target_log);
         }
-        assert_eq!(a.lost, 0, "lost (publish log vs apply log): {}", self.summary);
+        assert_eq!(
+            a.lost, 0,
+            "lost (publish log vs apply log): {}",
+            self.summary
+        );
         assert_eq!(a.published, self.produced["produced"].as_u64().unwrap_or(0));
         assert_eq!(self.summary["lost"], 0, "lost (state): {}", self.summary);
         assert_eq!(
@@ -344,6 +351,15 @@ impl Scenario {
         )
         .expect("publish log JSON");
         let surviving = applies.clone();
+        if let Ok(dir) = std::env::var("MS2M_E2E_DUMP_DIR") {
+            // For diagnosis: the logs the accounting reads.
+            let _ = std::fs::write(
+                Path::new(&dir).join(format!("{}-logs.json", self.queue)),
+                json!({"published": published, "surviving": surviving,
+                       "source": self.source_applied})
+                .to_string(),
+            );
+        }
         applies.extend(self.source_applied.iter().copied());
         let accounting = account(&published, &surviving, &applies, t0, t1);
         let downtime = longest_gap(&applies, t0, t1);
