@@ -163,6 +163,8 @@ struct MigrateArgs {
     control_name: Option<String>,
     #[arg(long, value_enum, default_value = "cutoff")]
     replay_mode: Mode,
+    /// Cutoff mode: longest time the source keeps serving while the target replays;
+    /// 0: no cutoff (the source stops once the target caught up).
     #[arg(long, default_value_t = 60)]
     replay_cutoff_seconds: u64,
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]

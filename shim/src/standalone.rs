@@ -631,7 +631,7 @@ pub async fn migrate_with_state(
     let queues = QueueNames::new(&s.exchange, &s.queue, &s.routing_key, &s.control_name);
     let plan = Plan {
         replay_mode: s.replay_mode,
-        replay_cutoff: s.replay_cutoff,
+        replay_cutoff: (!s.replay_cutoff.is_zero()).then_some(s.replay_cutoff),
         phase_timeout: s.phase_timeout,
         transfer_mode: s.transfer,
         strategy: Some(Strategy::ShadowPod),

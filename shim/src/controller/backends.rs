@@ -114,6 +114,8 @@ pub trait Backends: Send + Sync {
     ) -> Result<(), WorldError>;
     /// Lets go of per-migration state (broker connection) once it is finished.
     async fn forget(&self, m: &MigrationRef);
+    /// The nodes an agent runs on (a target node must have one).
+    async fn agent_nodes(&self) -> Result<std::collections::BTreeSet<String>, WorldError>;
 }
 
 /// Where the agents are and how to reach them.
@@ -551,6 +553,23 @@ impl Backends for ClusterBackends {
             .delete_checkpoint(checkpoint_id)
             .await
             .map_err(agent_err)
+    }
+
+    async fn agent_nodes(&self) -> Result<std::collections::BTreeSet<String>, WorldError> {
+        uses(api_calls::POD_LIST);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.discovery.namespace);
+        let lp = ListParams::default().labels(&self.discovery.selector);
+        let list = pods
+            .list(&lp)
+            .await
+            .map_err(|e| kube_err("listing agent pods", e))?;
+        // An agent counts once it has an address: that is when the shim can reach it.
+        Ok(list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect())
     }
 
     async fn forget(&self, m: &MigrationRef) {

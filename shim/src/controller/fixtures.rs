@@ -201,6 +201,8 @@ pub struct ScriptedBackends {
     pub delete_image_error: Mutex<Option<String>>,
     /// Set: `delete_checkpoint` fails with this (transient) error.
     pub delete_checkpoint_error: Mutex<Option<String>>,
+    /// Nodes with an agent, for choosing a target node.
+    pub agent_nodes: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ScriptedBackends {
@@ -390,6 +392,9 @@ impl Backends for ScriptedBackends {
         }
     }
     async fn forget(&self, _: &MigrationRef) {}
+    async fn agent_nodes(&self) -> Result<std::collections::BTreeSet<String>, WorldError> {
+        Ok(self.agent_nodes.lock().unwrap().clone())
+    }
 }
 
 /// A kube client whose every request goes to the returned verifier.
