@@ -281,7 +281,11 @@ pub struct StatefulMigrationStatus {
 }
 
 impl StatefulMigrationStatus {
-    pub fn new(progress: Progress, conditions: Vec<Condition>, observed_generation: Option<i64>) -> Self {
+    pub fn new(
+        progress: Progress,
+        conditions: Vec<Condition>,
+        observed_generation: Option<i64>,
+    ) -> Self {
         Self {
             phase_timings: phase_timings_map(&progress),
             progress,
@@ -394,7 +398,8 @@ impl StatefulMigrationSpec {
 
     /// `None`: no cutoff (`replayCutoffSeconds: 0`).
     pub fn replay_cutoff(&self) -> Option<Duration> {
-        (self.replay_cutoff_seconds > 0).then(|| Duration::from_secs(self.replay_cutoff_seconds.into()))
+        (self.replay_cutoff_seconds > 0)
+            .then(|| Duration::from_secs(self.replay_cutoff_seconds.into()))
     }
 
     pub fn phase_timeout(&self) -> Duration {
@@ -479,7 +484,11 @@ mod tests {
                 json!("reg/x@sha256:00"),
                 "without tag or digest",
             ),
-            ("/replayCutoffSeconds", json!(3601), "between 0 (no cutoff) and 3600"),
+            (
+                "/replayCutoffSeconds",
+                json!(3601),
+                "between 0 (no cutoff) and 3600",
+            ),
             ("/phaseTimeoutSeconds", json!(5), "between 10 and 86400"),
             (
                 "/messageQueueConfig/queueName",
@@ -623,9 +632,17 @@ mod tests {
     #[test]
     fn the_schema_accepts_empty_strings_for_the_enums() {
         let crd = serde_json::to_value(crd()).unwrap();
-        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"];
-        for field in ["migrationStrategy", "transferMode", "replayMode", "identitySwapMode"] {
-            let values = props[field]["enum"].as_array().unwrap_or_else(|| panic!("{field}: {}", props[field]));
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        for field in [
+            "migrationStrategy",
+            "transferMode",
+            "replayMode",
+            "identitySwapMode",
+        ] {
+            let values = props[field]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{field}: {}", props[field]));
             assert!(values.contains(&json!("")), "{field}: {values:?}");
         }
         let required = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"].to_string();
@@ -657,14 +674,21 @@ mod tests {
             (Phase::Transferring, Some(62_500)),
             (Phase::Replaying, None),
         ] {
-            p.phase_timings.push(PhaseTiming { phase, started_at: t0, duration_ms: ms });
+            p.phase_timings.push(PhaseTiming {
+                phase,
+                started_at: t0,
+                duration_ms: ms,
+            });
         }
         let st = StatefulMigrationStatus::new(p, vec![], None);
         let v = serde_json::to_value(&st).unwrap();
         assert_eq!(v["phaseTimings"]["Checkpointing"], "1.234s");
         assert_eq!(v["phaseTimings"]["Transferring"], "1m2.5s");
         assert_eq!(v["phaseTimings"]["Pending"], "12ms");
-        assert!(v["phaseTimings"].get("Replaying").is_none(), "still running");
+        assert!(
+            v["phaseTimings"].get("Replaying").is_none(),
+            "still running"
+        );
         assert_eq!(v["phaseRecords"].as_array().unwrap().len(), 4);
         let back: StatefulMigrationStatus = serde_json::from_value(v).unwrap();
         assert_eq!(back, st);

@@ -15,6 +15,8 @@ mod world;
 #[cfg(any(test, feature = "test-fixtures"))]
 pub mod fixtures;
 #[cfg(test)]
+mod reference_crs_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

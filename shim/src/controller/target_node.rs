@@ -52,12 +52,10 @@ impl Candidate {
             .and_then(|s| s.conditions.as_ref())
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
         let cordoned = spec.and_then(|s| s.unschedulable).unwrap_or(false);
-        let tainted = spec
-            .and_then(|s| s.taints.as_ref())
-            .is_some_and(|ts| {
-                ts.iter()
-                    .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-            });
+        let tainted = spec.and_then(|s| s.taints.as_ref()).is_some_and(|ts| {
+            ts.iter()
+                .any(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+        });
         let allocatable_memory = status
             .and_then(|s| s.allocatable.as_ref())
             .and_then(|a| a.get("memory"))
@@ -140,8 +138,7 @@ pub async fn choose_in_cluster(
     let pods: Api<Pod> = Api::all(client.clone());
     let mut requested = std::collections::BTreeMap::new();
     for c in &candidates {
-        if c.name == source_node || !c.ready || !c.schedulable || !agent_nodes.contains(&c.name)
-        {
+        if c.name == source_node || !c.ready || !c.schedulable || !agent_nodes.contains(&c.name) {
             continue;
         }
         // Pods that finished hold no memory; the field selector is the scheduler's own.
@@ -151,7 +148,10 @@ pub async fn choose_in_cluster(
         ));
         uses(api_calls::POD_LIST);
         let on_node = pods.list(&lp).await?;
-        requested.insert(c.name.clone(), on_node.items.iter().map(memory_requests).sum());
+        requested.insert(
+            c.name.clone(),
+            on_node.items.iter().map(memory_requests).sum(),
+        );
     }
     Ok(choose(&candidates, source_node, agent_nodes, |n| {
         requested.get(n).copied().unwrap_or(0)
@@ -258,7 +258,11 @@ mod tests {
 
     #[test]
     fn ties_go_to_the_smaller_name() {
-        let nodes = [node("zeta", 4 << 30), node("alpha", 4 << 30), node("src", 64 << 30)];
+        let nodes = [
+            node("zeta", 4 << 30),
+            node("alpha", 4 << 30),
+            node("src", 64 << 30),
+        ];
         assert_eq!(
             choose(&nodes, "src", &agents(&["zeta", "alpha", "src"]), |_| 0),
             Choice::Node("alpha".into())
