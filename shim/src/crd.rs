@@ -184,14 +184,21 @@ fn default_phase_timeout() -> u32 {
 #[x_kube(validation = Rule::new("has(self.brokerUrl) != has(self.brokerSecretRef)").message("set exactly one of brokerUrl and brokerSecretRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct MessageQueueConfig {
-    /// `amqp://user:pass@host:port/vhost`; prefer `brokerSecretRef` for credentials.
+    /// `amqp://user:pass@host:port/vhost`, or `amqps://` for TLS (see `tlsSecretRef`);
+    /// prefer `brokerSecretRef` for credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('amqp://')").message("brokerUrl must start with amqp://"))]
+    #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('amqps://')").message("brokerUrl must start with amqp:// or amqps://"))]
     #[schemars(length(max = 2048))]
     pub broker_url: Option<String>,
     /// A Secret key holding the broker URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_secret_ref: Option<SecretKeyRef>,
+    /// For an `amqps://` broker: a Secret in the migration's namespace in the
+    /// `kubernetes.io/tls` layout: `ca.crt` (the CA that signed the broker's certificate;
+    /// without it the system's roots are trusted) and optionally `tls.crt` + `tls.key`
+    /// (a client certificate). A cert-manager Certificate's Secret fits as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
     /// The service's primary queue.
     #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 200 && !self.startsWith('amq.')").message("queueName must be 1-200 characters and not start with amq. (reserved)"))]
     #[schemars(length(max = 255))]
@@ -236,6 +243,13 @@ impl MessageQueueConfig {
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(DEFAULT_SOURCE_PREFETCH)
     }
+}
+
+/// A Secret in the migration's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub name: String,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -380,9 +394,9 @@ impl StatefulMigrationSpec {
             return bad("set exactly one of brokerUrl and brokerSecretRef");
         }
         if let Some(url) = &mq.broker_url
-            && !url.starts_with("amqp://")
+            && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
         {
-            return bad("brokerUrl must start with amqp://");
+            return bad("brokerUrl must start with amqp:// or amqps://");
         }
         if mq.queue_name.is_empty()
             || mq.queue_name.len() > 200
@@ -498,7 +512,7 @@ mod tests {
             (
                 "/messageQueueConfig/brokerUrl",
                 json!("http://x"),
-                "must start with amqp://",
+                "must start with amqp:// or amqps://",
             ),
         ];
         for (path, value, message) in cases {
@@ -666,8 +680,10 @@ mod tests {
     fn status_phase_timings_is_the_reference_map_and_records_keep_the_detail() {
         use crate::engine::PhaseTiming;
         let t0: jiff::Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
-        let mut p = Progress::default();
-        p.phase = Phase::Replaying;
+        let mut p = Progress {
+            phase: Phase::Replaying,
+            ..Progress::default()
+        };
         for (phase, ms) in [
             (Phase::Pending, Some(12)),
             (Phase::Checkpointing, Some(1234)),
