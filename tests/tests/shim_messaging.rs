@@ -190,30 +190,40 @@ async fn under_a_publisher_that_never_pauses_the_cut_over_puts_each_message_in_o
     b.declare_primary(&q.primary).await;
     let m = env::messaging(&url, "cut-load");
     m.ensure_replay_topology(&q).await.unwrap();
-    const N: u32 = 4000;
-    let (url2, exchange) = (url.clone(), q.exchange.clone());
+    // The publisher runs until well after the cut-over, however slow the machine: at
+    // least 4000 messages, and 500 more once the cut is done.
+    let cut_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url2, exchange, done) = (url.clone(), q.exchange.clone(), cut_done.clone());
     let publisher = tokio::spawn(async move {
         let p = Broker::connect(&url2).await;
-        for seq in 0..N {
+        let mut seq = 0u32;
+        let mut after_cut = 0;
+        while seq < 4000 || after_cut < 500 {
             p.publish(&exchange, "", seq).await;
+            seq += 1;
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                after_cut += 1;
+            }
             if seq % 100 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         let _ = p.conn.close().await;
+        seq
     });
     // Mid-stream: the source is gone, fence; then the target caught up, cut over.
     tokio::time::sleep(Duration::from_millis(60)).await;
     let purged = m.fence_primary(&q).await.unwrap();
     tokio::time::sleep(Duration::from_millis(60)).await;
     m.cut_over(&q).await.unwrap();
-    publisher.await.unwrap();
+    cut_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n_published = publisher.await.unwrap();
     let settle = Instant::now() + SETTLE;
     let (mut replay, mut primary) = (Vec::new(), Vec::new());
     loop {
         replay.extend(drain_seqs(&url, &q.replay).await);
         primary.extend(drain_seqs(&url, &q.primary).await);
-        if replay.len() + primary.len() >= N as usize || Instant::now() > settle {
+        if replay.len() + primary.len() >= n_published as usize || Instant::now() > settle {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -234,7 +244,7 @@ async fn under_a_publisher_that_never_pauses_the_cut_over_puts_each_message_in_o
     let n = all.len();
     all.dedup();
     assert_eq!(n - all.len(), 0, "messages in both queues");
-    assert_eq!(all, (0..N).collect::<Vec<_>>(), "messages lost");
+    assert_eq!(all, (0..n_published).collect::<Vec<_>>(), "messages lost");
     // The cut is one point in the stream: everything before it in the replay queue.
     assert!(replay.iter().max() < primary.iter().min());
     m.delete_replay(&q).await.unwrap();
