@@ -20,10 +20,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
-use crate::agent_client::{
-    AgentClient, AgentError, CheckpointRequest, DirectSendRequest, Job, JobStatus, PushRequest,
-    RestoreRequest,
+use ms2m_api::{
+    CheckpointRequest, CheckpointResult, DirectSendRequest, JobStatus, PullRequest, PushRequest,
+    PushResult, RestoreRequest, SendResult,
 };
+
+use crate::adapters::{AgentJob, agent_err, job_view, mq_err};
+use crate::agent_client::AgentClient;
 use crate::driver::{self, World, WorldError};
 use crate::engine::{
     Action, JobView, Next, Observation, Phase, Plan, Progress, QueueNames, ReplayMode, SourceView,
@@ -175,43 +178,6 @@ pub struct Report {
     pub progress: Progress,
 }
 
-fn agent_err(e: AgentError) -> WorldError {
-    if e.is_permanent() {
-        WorldError::permanent(e.to_string())
-    } else {
-        WorldError::transient(e.to_string())
-    }
-}
-
-fn mq_err(e: MessagingError) -> WorldError {
-    if e.is_permanent() {
-        WorldError::permanent(e.to_string())
-    } else {
-        WorldError::transient(e.to_string())
-    }
-}
-
-fn job_view(job: Option<Job>, output: impl Fn(&Job) -> Option<String>) -> JobView {
-    let Some(job) = job else {
-        return JobView::NotStarted;
-    };
-    match job.status {
-        JobStatus::Queued | JobStatus::Running => JobView::Running,
-        JobStatus::Succeeded => match output(&job) {
-            Some(o) => JobView::Succeeded {
-                output: o,
-                finished_at: job.finished_at,
-            },
-            None => JobView::Failed {
-                reason: format!("job {} succeeded without the expected result", job.id),
-            },
-        },
-        _ => JobView::Failed {
-            reason: job.failure(),
-        },
-    }
-}
-
 struct Standalone {
     s: Settings,
     source: AgentClient,
@@ -247,9 +213,9 @@ impl Standalone {
     async fn wait_job(
         &self,
         agent: &AgentClient,
-        job: Job,
+        job: AgentJob,
         deadline: Instant,
-    ) -> Result<Job, WorldError> {
+    ) -> Result<AgentJob, WorldError> {
         let mut job = job;
         while !job.status.is_terminal() {
             if Instant::now() >= deadline {
@@ -349,7 +315,8 @@ impl World for Standalone {
                         .map_err(agent_err)?,
                     None => None,
                 };
-                obs.checkpoint = job_view(job, |j| j.result_str("checkpoint_id"));
+                obs.checkpoint =
+                    job_view(job.as_ref(), |r: CheckpointResult| Some(r.checkpoint_id));
                 if obs.checkpoint == JobView::NotStarted
                     && self
                         .source
@@ -373,13 +340,11 @@ impl World for Standalone {
                     None => None,
                 };
                 let direct = self.s.transfer == TransferMode::Direct;
-                obs.transfer = job_view(job, |j| {
-                    if direct {
-                        j.result_str("target_checkpoint_id")
-                    } else {
-                        j.result_str("image")
-                    }
-                });
+                obs.transfer = if direct {
+                    job_view(job.as_ref(), |r: SendResult| Some(r.target_checkpoint_id))
+                } else {
+                    job_view(job.as_ref(), |r: PushResult| Some(r.image))
+                };
             }
             Phase::Restoring => {
                 obs.target = match self
@@ -440,8 +405,10 @@ impl World for Standalone {
                     container_id: self.s.container.clone(),
                     leave_running: true,
                     tcp_established: self.s.tcp_established,
-                    checkpoint_id: checkpoint_id.clone(),
-                    rootfs_image: self.s.rootfs_image.clone(),
+                    tcp_close: None,
+                    network_lock: None,
+                    checkpoint_id: Some(checkpoint_id.clone()),
+                    rootfs_image: self.s.rootfs_image.as_ref().map(PathBuf::from),
                 };
                 match self.source.start_checkpoint(&req).await {
                     Ok(job) => {
@@ -464,8 +431,9 @@ impl World for Standalone {
                         .start_push(&PushRequest {
                             checkpoint_id: checkpoint_id.clone(),
                             image: image.clone(),
-                            compression: "zstd".into(),
+                            compression: Some("zstd".into()),
                             insecure: self.s.insecure_registry,
+                            ..Default::default()
                         })
                         .await
                         .map_err(agent_err)?,
@@ -474,7 +442,7 @@ impl World for Standalone {
                         .start_direct_send(&DirectSendRequest {
                             checkpoint_id: checkpoint_id.clone(),
                             target: self.s.direct_target.clone().unwrap_or_default(),
-                            target_checkpoint_id: checkpoint_id.clone(),
+                            target_checkpoint_id: Some(checkpoint_id.clone()),
                             target_node: self.s.direct_target_node.clone(),
                             import_reference: None,
                         })
@@ -487,9 +455,13 @@ impl World for Standalone {
             Action::CreateTarget { name, image, .. } => {
                 let deadline = Instant::now() + plan.phase_timeout;
                 if self.s.transfer == TransferMode::Registry {
-                    let pull = serde_json::json!({"image": image, "checkpoint_id": plan.checkpoint_id,
-                        "insecure": self.s.insecure_registry});
-                    match self.target_pull(&pull).await {
+                    let pull = PullRequest {
+                        image: image.clone(),
+                        checkpoint_id: Some(plan.checkpoint_id.clone()),
+                        insecure: self.s.insecure_registry,
+                        ..Default::default()
+                    };
+                    match self.target.start_pull(&pull).await {
                         Ok(job) => {
                             self.wait_job(&self.target, job, deadline).await?;
                         }
@@ -501,9 +473,10 @@ impl World for Standalone {
                 let req = RestoreRequest {
                     checkpoint_id: plan.checkpoint_id.clone(),
                     container_id: name.clone(),
-                    netns_path: self.s.target_netns.clone(),
-                    rootfs: self.s.rootfs.clone(),
+                    netns_path: self.s.target_netns.as_ref().map(PathBuf::from),
+                    rootfs: self.s.rootfs.as_ref().map(PathBuf::from),
                     tcp_established: self.s.tcp_established,
+                    tcp_close: None,
                     // The consumer names its control queue after its hostname.
                     hostname: Some(self.s.control_name.clone()),
                 };
@@ -593,10 +566,6 @@ impl Standalone {
                 .map(|q| q.consumers);
         }
         Ok(())
-    }
-
-    async fn target_pull(&self, body: &serde_json::Value) -> Result<Job, AgentError> {
-        self.target.start_pull(body).await
     }
 }
 

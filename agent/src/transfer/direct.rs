@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use ms2m_image_format::{
@@ -25,7 +25,6 @@ use ms2m_image_format::{
     MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_LAYER_TAR, MEDIA_TYPE_LAYER_ZSTD, Staging,
     encode_layer_chunks, plan_layers,
 };
-use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
@@ -36,21 +35,15 @@ use super::upload::tokio_stream;
 use super::{Error, LayerState, Progress};
 use crate::registry::client_config;
 
-/// `Content-Type` of the stream.
-pub const CONTENT_TYPE: &str = "application/vnd.ms2m.direct.v1";
-/// Path prefix of the receive route; the checkpoint id follows.
-pub const ROUTE_PREFIX: &str = "/v1/direct/receive/";
+pub use ms2m_api::wire::{CONTENT_TYPE, ROUTE_PREFIX};
+pub use ms2m_api::{Received, SendResult};
 
-const KIND_DATA: u8 = 1;
-const KIND_END: u8 = 2;
-const KIND_DONE: u8 = 3;
-const HEADER: usize = 7;
+use ms2m_api::wire::{self, Done, FrameKind};
+
 /// Refuse streams with more layers than any plan would make.
 const MAX_LAYERS: usize = 64;
-/// END / DONE payloads are small JSON documents.
-const MAX_META: u32 = 64 * 1024;
-/// DATA frames are at most one chunk; anything much larger is not our sender.
-const MAX_DATA: u32 = 16 * 1024 * 1024;
+// A DATA frame carries at most one chunk.
+const _: () = assert!(CHUNK <= wire::MAX_DATA as usize);
 
 #[derive(Debug, Clone)]
 pub struct DirectOptions {
@@ -82,51 +75,9 @@ impl Default for DirectOptions {
     }
 }
 
-/// What the receiver reports (also the body of its `200` answer).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Received {
-    pub path: PathBuf,
-    /// Uncompressed bytes unpacked.
-    pub size_bytes: u64,
-    /// Compressed layer bytes received.
-    pub bytes_received: u64,
-    /// Layer digests, in order.
-    pub layers: Vec<String>,
-    /// Set by the target's route when the sender asked for an import.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub imported: Option<crate::image_store::Imported>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SendResult {
-    pub target: String,
-    pub target_checkpoint_id: String,
-    pub bytes_sent: u64,
-    pub archive_bytes: u64,
-    pub elapsed_ms: u64,
-    pub received: Received,
-}
-
-#[derive(Serialize, Deserialize)]
-struct Done {
-    layers: usize,
-}
-
-/// Checkpoint ids as the agent API accepts them: `[A-Za-z0-9][A-Za-z0-9_.-]{0,127}`.
+/// Checkpoint ids as the agent API accepts them.
 pub fn valid_checkpoint_id(id: &str) -> bool {
-    let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id.len() <= 128
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-}
-
-fn frame(kind: u8, layer: u16, payload: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(HEADER + payload.len());
-    b.put_u8(kind);
-    b.put_u16(layer);
-    b.put_u32(payload.len() as u32);
-    b.extend_from_slice(payload);
-    b.freeze()
+    ms2m_api::ids::is_valid_id(id)
 }
 
 /// One frame of the request body: a whole END/DONE frame, or a DATA frame's 7-byte
@@ -155,11 +106,8 @@ impl ChunkSink for FrameSink {
     fn send(&mut self, mut chunk: Bytes) -> std::io::Result<()> {
         while !chunk.is_empty() {
             let payload = chunk.split_to(chunk.len().min(CHUNK));
-            let mut header = BytesMut::with_capacity(HEADER);
-            header.put_u8(KIND_DATA);
-            header.put_u16(self.layer);
-            header.put_u32(payload.len() as u32);
-            self.push((header.freeze(), Some((self.layer, payload))))?;
+            let header = wire::header(FrameKind::Data, self.layer, payload.len() as u32);
+            self.push((Bytes::copy_from_slice(&header), Some((self.layer, payload))))?;
         }
         Ok(())
     }
@@ -202,8 +150,7 @@ pub async fn send(
                 LayerHashes::BlobOnly,
                 &mut sink,
             )?;
-            let meta = serde_json::to_vec(&desc).map_err(|e| Error::Internal(e.to_string()))?;
-            tx.blocking_send((frame(KIND_END, index as u16, &meta), None))
+            tx.blocking_send((wire::end_frame(index as u16, &desc), None))
                 .map_err(|_| Error::Protocol("direct stream closed".into()))?;
             Ok::<LayerDescriptor, Error>(desc)
         }));
@@ -238,11 +185,7 @@ pub async fn send(
             // Dropping `tx` without DONE makes the receiver discard everything.
             return Err(e);
         }
-        let done = serde_json::to_vec(&Done {
-            layers: descs.len(),
-        })
-        .map_err(|e| Error::Internal(e.to_string()))?;
-        tx.send((frame(KIND_DONE, 0, &done), None))
+        tx.send((wire::done_frame(descs.len()), None))
             .await
             .map_err(|_| Error::Protocol("direct stream closed before DONE".into()))?;
         Ok(descs)
@@ -543,21 +486,12 @@ struct Rx {
     stall: Duration,
 }
 
-/// Where the frame parser is between two body chunks.
-enum Parse {
-    /// Collecting the next 7-byte header.
-    Header,
-    /// Inside a DATA frame of `layer`, `left` payload bytes to go.
-    Data { layer: usize, left: usize },
-    /// Collecting an END/DONE payload of `len` bytes.
-    Meta { kind: u8, layer: usize, len: usize },
-}
-
 /// Reads frames until the body ends, feeding each layer's decoder. `Ok(None)`: a decoder
 /// stopped taking data (its own error says why).
 ///
-/// DATA payloads are handed on as slices of the body's own chunks (no copy): only
-/// headers and the small END/DONE documents are collected across chunk boundaries.
+/// DATA payloads are handed on as slices of the body's own chunks (no copy): the wire
+/// decoder collects only headers and the small END/DONE documents across chunk
+/// boundaries.
 async fn read_frames<B>(
     mut body: B,
     rx: &Rx,
@@ -568,10 +502,8 @@ where
     B: http_body::Body<Data = Bytes> + Send + Unpin,
     B::Error: std::fmt::Display,
 {
-    let mut header = [0u8; HEADER];
-    let mut header_len = 0;
-    let mut meta = BytesMut::new();
-    let mut state = Parse::Header;
+    let protocol = |e: wire::WireError| Error::Protocol(e.to_string());
+    let mut decoder = wire::Decoder::new();
     let mut done: Option<Done> = None;
     loop {
         let Some(frame) = tokio::time::timeout(rx.stall, body.frame())
@@ -592,107 +524,45 @@ where
             },
             Err(e) => return Err(Error::Protocol(format!("request body: {e}"))),
         };
-        while !data.is_empty() {
-            match state {
-                Parse::Header => {
-                    let n = (HEADER - header_len).min(data.len());
-                    header[header_len..header_len + n].copy_from_slice(&data[..n]);
-                    data.advance(n);
-                    header_len += n;
-                    if header_len < HEADER {
+        while let Some(event) = decoder.next(&mut data).map_err(protocol)? {
+            match event {
+                wire::Event::Data { layer, piece } => {
+                    let layer = usize::from(layer);
+                    layer_slot(layers, layer, rx.max_layers)?;
+                    if piece.is_empty() {
                         continue;
                     }
-                    header_len = 0;
-                    let kind = header[0];
-                    let layer = u16::from_be_bytes([header[1], header[2]]) as usize;
-                    let len = u32::from_be_bytes([header[3], header[4], header[5], header[6]]);
-                    let limit = if kind == KIND_DATA {
-                        MAX_DATA
-                    } else {
-                        MAX_META
-                    };
-                    if len > limit {
-                        return Err(Error::Protocol(format!(
-                            "frame of {len} bytes exceeds {limit}"
-                        )));
-                    }
-                    if done.is_some() {
-                        return Err(Error::Protocol("data after DONE".into()));
-                    }
-                    let len = len as usize;
-                    state = match kind {
-                        KIND_DATA => {
-                            layer_slot(layers, layer, rx.max_layers)?;
-                            if len == 0 {
-                                Parse::Header
-                            } else {
-                                Parse::Data { layer, left: len }
-                            }
-                        }
-                        KIND_END | KIND_DONE => Parse::Meta { kind, layer, len },
-                        other => {
-                            return Err(Error::Protocol(format!("unknown frame kind {other}")));
-                        }
-                    };
-                }
-                Parse::Data { layer, left } => {
-                    let n = left.min(data.len());
-                    let piece = data.split_to(n);
-                    *received += n as u64;
+                    *received += piece.len() as u64;
                     if !feed(&mut layers[layer], rx, layer, piece).await? {
                         return Ok(None);
                     }
-                    state = if n == left {
-                        Parse::Header
-                    } else {
-                        Parse::Data {
-                            layer,
-                            left: left - n,
-                        }
-                    };
                 }
-                Parse::Meta { .. } => {}
-            }
-            if let Parse::Meta { kind, layer, len } = state {
-                let n = (len - meta.len()).min(data.len());
-                meta.extend_from_slice(&data[..n]);
-                data.advance(n);
-                if meta.len() < len {
-                    continue;
-                }
-                let payload = meta.split().freeze();
-                state = Parse::Header;
-                if kind == KIND_DONE {
-                    done = Some(
-                        serde_json::from_slice(&payload)
-                            .map_err(|e| Error::Protocol(format!("DONE: {e}")))?,
-                    );
-                    continue;
-                }
-                let l = layer_slot(layers, layer, rx.max_layers)?;
-                let d: LayerDescriptor = serde_json::from_slice(&payload)
-                    .map_err(|e| Error::Protocol(format!("layer {layer} END: {e}")))?;
-                if l.desc.is_some() {
-                    return Err(Error::Protocol(format!("layer {layer}: second END")));
-                }
-                l.desc = Some(d);
-                if l.unpacker.is_none() {
-                    // A layer whose END comes before (or without) enough bytes to tell
-                    // its compression: start its decoder on what there is.
-                    let head = Bytes::from(std::mem::take(&mut l.head));
-                    start_decoder(l, rx, sniff_media_type(&head));
-                    if !head.is_empty() && !send_piece(l, layer, head).await? {
-                        return Ok(None);
+                wire::Event::Done(d) => done = Some(d),
+                wire::Event::End { layer, payload } => {
+                    let layer = usize::from(layer);
+                    let l = layer_slot(layers, layer, rx.max_layers)?;
+                    let d: LayerDescriptor = serde_json::from_slice(&payload)
+                        .map_err(|e| Error::Protocol(format!("layer {layer} END: {e}")))?;
+                    if l.desc.is_some() {
+                        return Err(Error::Protocol(format!("layer {layer}: second END")));
                     }
+                    l.desc = Some(d);
+                    if l.unpacker.is_none() {
+                        // A layer whose END comes before (or without) enough bytes to
+                        // tell its compression: start its decoder on what there is.
+                        let head = Bytes::from(std::mem::take(&mut l.head));
+                        start_decoder(l, rx, sniff_media_type(&head));
+                        if !head.is_empty() && !send_piece(l, layer, head).await? {
+                            return Ok(None);
+                        }
+                    }
+                    // EOF for the decoder: the layer is complete.
+                    l.tx = None;
                 }
-                // EOF for the decoder: the layer is complete.
-                l.tx = None;
             }
         }
     }
-    if header_len != 0 || !matches!(state, Parse::Header) {
-        return Err(Error::Protocol("stream ended inside a frame".into()));
-    }
+    decoder.finish().map_err(protocol)?;
     done.map(Some)
         .ok_or_else(|| Error::Protocol("stream ended without DONE".into()))
 }
@@ -822,13 +692,13 @@ mod tests {
         }
         let mut body = Vec::new();
         for (i, a, _, _) in &stream {
-            body.extend_from_slice(&frame(KIND_DATA, *i, a));
+            body.extend_from_slice(&wire::frame(FrameKind::Data, *i, a));
         }
         for (i, _, b, end) in &stream {
-            body.extend_from_slice(&frame(KIND_DATA, *i, b));
-            body.extend_from_slice(&frame(KIND_END, *i, end));
+            body.extend_from_slice(&wire::frame(FrameKind::Data, *i, b));
+            body.extend_from_slice(&wire::frame(FrameKind::End, *i, end));
         }
-        body.extend_from_slice(&frame(KIND_DONE, 0, br#"{"layers":2}"#));
+        body.extend_from_slice(&wire::done_frame(2));
 
         let mut headers = http::HeaderMap::new();
         headers.insert(
@@ -890,7 +760,7 @@ mod tests {
         let ((h1, d1), (h2, d2)) = (&pieces[0], &pieces[1]);
         let ((l1, p1), (l2, p2)) = (d1.as_ref().unwrap(), d2.as_ref().unwrap());
         assert_eq!((*l1, *l2), (3, 3));
-        assert_eq!(&h1[..], &[KIND_DATA, 0, 3, 0, 4, 0, 0]);
+        assert_eq!(&h1[..], &[FrameKind::Data as u8, 0, 3, 0, 4, 0, 0]);
         assert_eq!(u32::from_be_bytes([h2[3], h2[4], h2[5], h2[6]]), 5);
         assert_eq!((p1.len(), p2.len()), (CHUNK, 5));
         assert_eq!(

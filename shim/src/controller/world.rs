@@ -17,6 +17,7 @@ use super::api_calls::{self as calls, ApiCall};
 use super::backends::MigrationRef;
 use super::target_pod::{self, ImageSource};
 use super::{Context, Error};
+use crate::adapters::kube_err;
 use crate::crd::{Condition, StatefulMigration, StatefulMigrationStatus};
 use crate::driver::{World, WorldError};
 use crate::engine::{
@@ -30,15 +31,6 @@ const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 
 /// Documents which table entry a call site uses.
 fn uses(_: ApiCall) {}
-
-fn kube_err(what: &str, e: kube::Error) -> WorldError {
-    match &e {
-        kube::Error::Api(s) if s.code == 403 || s.code == 422 || s.code == 400 => {
-            WorldError::permanent(format!("{what}: {e}"))
-        }
-        _ => WorldError::transient(format!("{what}: {e}")),
-    }
-}
 
 pub(super) struct KubeWorld {
     ctx: Arc<Context>,

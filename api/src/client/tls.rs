@@ -1,5 +1,5 @@
-//! The shim's side of mutual TLS with the agents (docs/deploy.md, "TLS and
-//! identities"): it presents its `ms2m-shim` certificate, and accepts an agent only if
+//! The caller's side of mutual TLS with the agents (the shim's, or a test's) (docs/deploy.md, "TLS and
+//! identities"): it presents its certificate (the shim's is `ms2m-shim`), and accepts an agent only if
 //! its certificate chains to the cluster CA (valid now, for server use) and names an
 //! agent identity, `spiffe://ms2m/agent/<node>`. As for agent-to-agent sends, the
 //! address dialled (a pod IP that changes on every restart) is not compared with the
