@@ -8,12 +8,12 @@
 mod agent_common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use agent_common::{COUNTER, Resp, eventually, http};
+use agent_common::{COUNTER, Resp, eventually};
+use ms2m_tests::agent_http::{AgentClient, try_call};
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
 use ms2m_tests::env;
@@ -69,8 +69,15 @@ impl Proc {
             if let Ok(Some(st)) = p.child.try_wait() {
                 panic!("agent exited ({st}): {}", p.log_text());
             }
-            let s = UnixStream::connect(&p.socket).ok()?;
-            (http(s, "GET", "/healthz", &[], None).status == 200).then_some(())
+            let r = try_call(
+                &AgentClient::unix(&p.socket),
+                "GET",
+                "/healthz",
+                &[],
+                None,
+                Duration::from_secs(5),
+            );
+            (r.ok()?.status == 200).then_some(())
         });
         p
     }
@@ -80,10 +87,15 @@ impl Proc {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
-        let s = UnixStream::connect(&self.socket).expect("agent socket");
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let b = body.map(|b| b.to_string());
-        http(s, method, path, &[], b.as_deref().map(str::as_bytes))
+        try_call(
+            &AgentClient::unix(&self.socket),
+            method,
+            path,
+            &[],
+            body.map(|b| b.to_string().into_bytes()),
+            Duration::from_secs(120),
+        )
+        .expect("agent socket")
     }
 
     fn job(&self, id: &str) -> Value {
@@ -333,7 +345,14 @@ fn a_token_file_readable_by_others_is_refused_at_start() {
         if let Ok(Some(st)) = p.child.try_wait() {
             panic!("agent exited ({st}): {}", p.log_text());
         }
-        let s = UnixStream::connect(&p.socket).ok()?;
-        (http(s, "GET", "/healthz", &[], None).status == 200).then_some(())
+        let r = try_call(
+            &AgentClient::unix(&p.socket),
+            "GET",
+            "/healthz",
+            &[],
+            None,
+            Duration::from_secs(5),
+        );
+        (r.ok()?.status == 200).then_some(())
     });
 }

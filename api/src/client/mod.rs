@@ -227,13 +227,15 @@ impl AgentClient {
         &self.addr
     }
 
-    /// One request: `body` is sent as is with `content_type` (JSON when `None` and there
-    /// is a body). Error answers are answers here, not errors.
+    /// One request, `headers` added as given and `body` sent as is (with
+    /// `Content-Type: application/json` unless `headers` name another). Error answers
+    /// are answers here, not errors.
     pub async fn raw(
         &self,
         method: Method,
         path: &str,
-        body: Option<(Vec<u8>, Option<&str>)>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<RawAnswer> {
         let uri: hyper::Uri = match &self.addr {
@@ -243,16 +245,22 @@ impl AgentClient {
                 .map_err(|e| AgentError::Address(format!("{base}{path}: {e}")))?,
         };
         let mut req = Request::builder().method(method).uri(uri);
-        if let AgentAddr::Tcp { token, .. } = &self.addr {
+        // An empty token sends none (tests of the listener's refusal).
+        if let AgentAddr::Tcp { token, .. } = &self.addr
+            && !token.trim().is_empty()
+        {
             req = req.header(header::AUTHORIZATION, format!("Bearer {}", token.trim()));
         }
-        let bytes = match body {
-            Some((bytes, ct)) => {
-                req = req.header(header::CONTENT_TYPE, ct.unwrap_or("application/json"));
-                bytes
-            }
-            None => Vec::new(),
-        };
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let typed = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some() && !typed {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let bytes = body.unwrap_or_default();
         let req = req
             .body(Full::new(Bytes::from(bytes)))
             .map_err(|e| AgentError::Address(e.to_string()))?;
@@ -294,8 +302,8 @@ impl AgentClient {
         body: Option<&impl Serialize>,
         timeout: Duration,
     ) -> Result<T> {
-        let body = body.map(|b| (serde_json::to_vec(b).expect("requests serialize"), None));
-        let a = self.raw(method, path, body, timeout).await?;
+        let body = body.map(|b| serde_json::to_vec(b).expect("requests serialize"));
+        let a = self.raw(method, path, &[], body, timeout).await?;
         if !a.status.is_success() {
             return Err(self.api_error(&a));
         }
@@ -351,7 +359,7 @@ impl AgentClient {
     /// `GET /metrics`: the exposition text.
     pub async fn metrics(&self) -> Result<String> {
         let a = self
-            .raw(Method::GET, "/metrics", None, REQUEST_TIMEOUT)
+            .raw(Method::GET, "/metrics", &[], None, REQUEST_TIMEOUT)
             .await?;
         if !a.status.is_success() {
             return Err(self.api_error(&a));
@@ -482,7 +490,7 @@ impl AgentClient {
 
     async fn delete(&self, path: &str) -> Result<()> {
         let a = self
-            .raw(Method::DELETE, path, None, REQUEST_TIMEOUT)
+            .raw(Method::DELETE, path, &[], None, REQUEST_TIMEOUT)
             .await?;
         if a.status.is_success() || a.status == StatusCode::NOT_FOUND {
             return Ok(());
