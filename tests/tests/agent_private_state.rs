@@ -61,6 +61,19 @@ fn spawn(base: &Path, extra: &[&std::ffi::OsStr]) -> (Child, PathBuf, PathBuf) {
     (child, socket, log)
 }
 
+/// `Some` once the agent on `socket` answers `/healthz` with 200.
+fn healthy(socket: &Path) -> Option<()> {
+    let r = try_call(
+        &AgentClient::unix(socket),
+        "GET",
+        "/healthz",
+        &[],
+        None,
+        Duration::from_secs(5),
+    );
+    (r.ok()?.status == 200).then_some(())
+}
+
 impl Proc {
     fn start(base: &Path) -> Proc {
         let (child, socket, log) = spawn(base, &[]);
@@ -69,15 +82,7 @@ impl Proc {
             if let Ok(Some(st)) = p.child.try_wait() {
                 panic!("agent exited ({st}): {}", p.log_text());
             }
-            let r = try_call(
-                &AgentClient::unix(&p.socket),
-                "GET",
-                "/healthz",
-                &[],
-                None,
-                Duration::from_secs(5),
-            );
-            (r.ok()?.status == 200).then_some(())
+            healthy(&p.socket)
         });
         p
     }
@@ -345,14 +350,6 @@ fn a_token_file_readable_by_others_is_refused_at_start() {
         if let Ok(Some(st)) = p.child.try_wait() {
             panic!("agent exited ({st}): {}", p.log_text());
         }
-        let r = try_call(
-            &AgentClient::unix(&p.socket),
-            "GET",
-            "/healthz",
-            &[],
-            None,
-            Duration::from_secs(5),
-        );
-        (r.ok()?.status == 200).then_some(())
+        healthy(&p.socket)
     });
 }

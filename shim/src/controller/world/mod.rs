@@ -150,12 +150,26 @@ impl World for KubeWorld {
                     return Ok(obs);
                 }
                 obs.source = self.source_view().await?;
-                obs.target_node_ready = self.node_ready(&plan.target_node).await?;
+                // An empty plan node: none named and none chosen (the chooser's reason,
+                // or the missing source, fails the migration).
+                if !plan.target_node.is_empty() {
+                    obs.target_node_ready = self.node_ready(&plan.target_node).await?;
+                }
                 let sequential = plan
                     .strategy
                     .or(obs.source.as_ref().map(|s| s.natural_strategy));
                 if obs.source.is_some() && sequential == Some(Strategy::Sequential) {
                     obs.fatal = self.sequential_precondition().await?;
+                }
+                let swap = self.m.spec.identity_swap_mode;
+                let statefulset_pod = obs
+                    .source
+                    .as_ref()
+                    .is_some_and(|s| s.natural_strategy == Strategy::Sequential);
+                if statefulset_pod && sequential == Some(Strategy::ShadowPod) && !swap.is_none() {
+                    obs.fatal = Some(format!(
+                        "identitySwapMode {swap:?} is not implemented in ms2m yet; migrate this StatefulSet pod with identitySwapMode None (the target keeps its own name and the StatefulSet is scaled down by one) or migrationStrategy Sequential"
+                    ));
                 }
             }
             Phase::Checkpointing
@@ -358,11 +372,11 @@ impl World for KubeWorld {
     async fn persist(&mut self, progress: &Progress) -> Result<(), WorldError> {
         let prev = self.obj.status.clone().unwrap_or_default();
         let now = jiff::Timestamp::now().to_string();
-        let status = StatefulMigrationStatus {
-            progress: progress.clone(),
-            conditions: status::condition(progress, &prev.conditions, &now),
-            observed_generation: self.obj.metadata.generation,
-        };
+        let status = StatefulMigrationStatus::new(
+            progress.clone(),
+            status::condition(progress, &prev.conditions, &now),
+            self.obj.metadata.generation,
+        );
         let mut obj = self.obj.clone();
         obj.status = Some(status);
         uses(calls::MIGRATION_STATUS_UPDATE);

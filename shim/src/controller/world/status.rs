@@ -17,16 +17,29 @@ pub(super) fn condition(progress: &Progress, prev: &[Condition], now: &str) -> V
         ),
         p => ("Unknown", p.as_str(), format!("migration in phase {p}")),
     };
-    let since = prev
-        .iter()
-        .find(|c| c.type_ == "Succeeded" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_owned());
-    vec![Condition {
+    let since = |type_: &str, status: &str| {
+        prev.iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.to_owned())
+    };
+    let mut conditions = vec![Condition {
         type_: "Succeeded".into(),
         status: status.into(),
         reason: reason.into(),
-        message,
-        last_transition_time: since,
-    }]
+        message: message.clone(),
+        last_transition_time: since("Succeeded", status),
+    }];
+    // The reference implementation's condition, so `kubectl wait --for=condition=Failed`
+    // written for it works unchanged.
+    if progress.phase == Phase::Failed {
+        conditions.push(Condition {
+            type_: "Failed".into(),
+            status: "True".into(),
+            reason: "MigrationFailed".into(),
+            message,
+            last_transition_time: since("Failed", "True"),
+        });
+    }
+    conditions
 }
