@@ -204,7 +204,7 @@ async fn under_a_publisher_that_never_pauses_the_cut_over_puts_each_message_in_o
             if done.load(std::sync::atomic::Ordering::SeqCst) {
                 after_cut += 1;
             }
-            if seq % 100 == 0 {
+            if seq.is_multiple_of(100) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
