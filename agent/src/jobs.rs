@@ -19,108 +19,29 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::Metrics;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobKind {
-    Checkpoint,
-    Push,
-    Pull,
-    Restore,
-    DirectSend,
-    DirectReceive,
-    ImageImport,
-}
-
-impl JobKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Checkpoint => "checkpoint",
-            JobKind::Push => "push",
-            JobKind::Pull => "pull",
-            JobKind::Restore => "restore",
-            JobKind::DirectSend => "direct_send",
-            JobKind::DirectReceive => "direct_receive",
-            JobKind::ImageImport => "image_import",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Aborted,
-}
-
-impl JobStatus {
-    pub fn is_terminal(self) -> bool {
-        !matches!(self, JobStatus::Queued | JobStatus::Running)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Queued => "queued",
-            JobStatus::Running => "running",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Failed => "failed",
-            JobStatus::Cancelled => "cancelled",
-            JobStatus::Aborted => "aborted",
-        }
-    }
-}
-
-/// Why a job failed, as reported in the job's `error` field.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct JobError {
-    pub code: String,
-    pub message: String,
-    pub phase: String,
-}
+pub use ms2m_api::{ErrorCode, JobError, JobKind, JobStatus, JobView};
 
 /// What a job's work returns on failure: a machine-readable code and a message. The
 /// phase is filled in by the registry from the job's current phase.
 #[derive(Debug, Clone)]
 pub struct JobFailure {
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl JobFailure {
-    pub fn new(code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
         }
     }
-}
-
-/// The job as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct JobView {
-    pub id: String,
-    pub kind: JobKind,
-    pub status: JobStatus,
-    pub phase: String,
-    pub bytes_done: u64,
-    pub bytes_total: Option<u64>,
-    pub rate_bytes_per_second: f64,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub duration_ms: Option<u64>,
-    pub error: Option<JobError>,
-    pub result: Option<serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -387,10 +308,17 @@ impl Jobs {
 
     /// Start `work` as a job of `kind`. The job is registered (and visible) before the
     /// work starts.
-    pub fn spawn<F, Fut>(&self, kind: JobKind, phase: &str, work: F) -> Result<JobView, JobsError>
+    /// `R` is the kind's result type (`ms2m_api::results`).
+    pub fn spawn<F, Fut, R>(
+        &self,
+        kind: JobKind,
+        phase: &str,
+        work: F,
+    ) -> Result<JobView, JobsError>
     where
         F: FnOnce(JobCtx) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<serde_json::Value, JobFailure>> + Send + 'static,
+        Fut: Future<Output = Result<R, JobFailure>> + Send + 'static,
+        R: serde::Serialize + Send + 'static,
     {
         if self.is_shutting_down() {
             return Err(JobsError::ShuttingDown);
@@ -449,10 +377,9 @@ impl Jobs {
                 let _slot = match admission {
                     Admission::Now(p) => p,
                     Admission::Queued(place) => {
-                        let p = slots
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| JobFailure::new("internal", "job slots closed"))?;
+                        let p = slots.acquire_owned().await.map_err(|_| {
+                            JobFailure::new(ErrorCode::Internal, "job slots closed")
+                        })?;
                         drop(place);
                         let mut s = e.lock();
                         s.status = JobStatus::Running;
@@ -461,7 +388,9 @@ impl Jobs {
                         p
                     }
                 };
-                work(ctx).await
+                let r = work(ctx).await?;
+                serde_json::to_value(r)
+                    .map_err(|e| JobFailure::new(ErrorCode::Internal, format!("result: {e}")))
             };
             let outcome = tokio::select! {
                 r = run => Some(r),
@@ -482,7 +411,7 @@ impl Jobs {
                     Some(Err(f)) => {
                         s.status = JobStatus::Failed;
                         s.error = Some(JobError {
-                            code: f.code.to_owned(),
+                            code: f.code,
                             message: f.message,
                             phase: s.phase.clone(),
                         });
@@ -497,7 +426,11 @@ impl Jobs {
                             JobStatus::Aborted
                         };
                         s.error = Some(JobError {
-                            code: if by_client { "cancelled" } else { "aborted" }.to_owned(),
+                            code: if by_client {
+                                ErrorCode::Cancelled
+                            } else {
+                                ErrorCode::Aborted
+                            },
                             message: if by_client {
                                 "cancelled by a client".to_owned()
                             } else {
@@ -691,7 +624,7 @@ mod tests {
         let bad = jobs
             .spawn(JobKind::Restore, "preparing", |ctx| async move {
                 ctx.set_phase("restoring");
-                Err(JobFailure::new("runc_failed", "boom"))
+                Err::<(), _>(JobFailure::new(ErrorCode::RuncFailed, "boom"))
             })
             .unwrap();
         let bad = jobs.wait(&bad.id, Duration::from_secs(10)).await.unwrap();
@@ -717,7 +650,7 @@ mod tests {
                 }
                 ctx.keep(&k);
                 ctx.set_phase("importing");
-                Err(JobFailure::new("image_store_error", "boom"))
+                Err::<(), _>(JobFailure::new(ErrorCode::ImageStoreError, "boom"))
             })
             .unwrap();
         let v = jobs.wait(&v.id, Duration::from_secs(10)).await.unwrap();

@@ -90,15 +90,7 @@ impl Metrics {
             in_flight.clone(),
         );
         // Every kind shows up from the start, so dashboards see zeros, not gaps.
-        for kind in [
-            JobKind::Checkpoint,
-            JobKind::Push,
-            JobKind::Pull,
-            JobKind::Restore,
-            JobKind::DirectSend,
-            JobKind::DirectReceive,
-            JobKind::ImageImport,
-        ] {
+        for kind in JobKind::ALL {
             let l = KindLabel {
                 kind: kind.as_str().to_owned(),
             };

@@ -23,6 +23,7 @@
 //!   node (with the source's CRIU options): it is dropped, CRIU options come from the
 //!   request.
 
+use ms2m_api::ErrorCode;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -197,7 +198,7 @@ async fn decide_tcp_close(spec: &RestoreSpec) -> bool {
     }
 }
 
-fn fail(code: &'static str) -> impl Fn(String) -> JobFailure {
+fn fail(code: ErrorCode) -> impl Fn(String) -> JobFailure {
     move |m| JobFailure::new(code, m)
 }
 
@@ -268,14 +269,14 @@ pub async fn run(
     runc: Runc,
     spec: RestoreSpec,
     ctx: JobCtx,
-) -> Result<serde_json::Value, JobFailure> {
+) -> Result<ms2m_api::RestoreResult, JobFailure> {
     ctx.set_phase("preparing");
     let bundle = spec.bundle.clone();
     ctx.clean_on_failure(&bundle);
     let rootfs = bundle.join("rootfs");
-    tokio::fs::create_dir_all(&bundle)
-        .await
-        .map_err(|e| JobFailure::new("io", format!("creating {}: {e}", bundle.display())))?;
+    tokio::fs::create_dir_all(&bundle).await.map_err(|e| {
+        JobFailure::new(ErrorCode::Io, format!("creating {}: {e}", bundle.display()))
+    })?;
     let out = tokio::process::Command::new("cp")
         .arg("-a")
         .arg("--reflink=auto")
@@ -284,10 +285,10 @@ pub async fn run(
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|e| JobFailure::new("io", format!("cp: {e}")))?;
+        .map_err(|e| JobFailure::new(ErrorCode::Io, format!("cp: {e}")))?;
     if !out.status.success() {
         return Err(JobFailure::new(
-            "io",
+            ErrorCode::Io,
             format!(
                 "copying the rootfs {}: {}",
                 spec.rootfs_image.display(),
@@ -306,17 +307,17 @@ pub async fn run(
         )
     })
     .await
-    .map_err(|e| JobFailure::new("internal", e.to_string()))?
-    .map_err(|e| JobFailure::new("invalid_archive", e.to_string()))?;
+    .map_err(|e| JobFailure::new(ErrorCode::Internal, e.to_string()))?
+    .map_err(|e| JobFailure::new(ErrorCode::InvalidArchive, e.to_string()))?;
     let spec_dump = tokio::fs::read(spec.checkpoint.join(layout::SPEC_DUMP))
         .await
-        .map_err(|e| JobFailure::new("invalid_archive", format!("spec.dump: {e}")))?;
+        .map_err(|e| JobFailure::new(ErrorCode::InvalidArchive, format!("spec.dump: {e}")))?;
     let spec_json: serde_json::Value = serde_json::from_slice(&spec_dump)
-        .map_err(|e| JobFailure::new("invalid_archive", format!("spec.dump: {e}")))?;
+        .map_err(|e| JobFailure::new(ErrorCode::InvalidArchive, format!("spec.dump: {e}")))?;
     let hostname_file = bundle.join("hostname");
     tokio::fs::write(&hostname_file, format!("{}\n", spec.hostname))
         .await
-        .map_err(|e| JobFailure::new("io", format!("hostname file: {e}")))?;
+        .map_err(|e| JobFailure::new(ErrorCode::Io, format!("hostname file: {e}")))?;
     let config = bundle_config(
         &spec_json,
         &rootfs,
@@ -330,11 +331,11 @@ pub async fn run(
         serde_json::to_vec_pretty(&config).unwrap_or_default(),
     )
     .await
-    .map_err(|e| JobFailure::new("io", format!("config.json: {e}")))?;
+    .map_err(|e| JobFailure::new(ErrorCode::Io, format!("config.json: {e}")))?;
     let work = bundle.join("restore-work");
     tokio::fs::create_dir_all(&work)
         .await
-        .map_err(|e| JobFailure::new("io", e.to_string()))?;
+        .map_err(|e| JobFailure::new(ErrorCode::Io, e.to_string()))?;
 
     ctx.set_phase("restoring");
     let mut guard = DeleteOnDrop {
@@ -363,23 +364,23 @@ pub async fn run(
                     .join("\n")
             })
             .unwrap_or_default();
-        return Err(fail("criu_failed")(format!("{e}\n{log}")));
+        return Err(fail(ErrorCode::CriuFailed)(format!("{e}\n{log}")));
     }
     guard.armed = false;
     let restore_ms = started.elapsed().as_millis() as u64;
     let state = runc
         .state(&spec.container_id)
         .await
-        .map_err(|e| JobFailure::new("runc_failed", e.to_string()))?
-        .ok_or_else(|| JobFailure::new("runc_failed", "restored container vanished"))?;
-    Ok(serde_json::json!({
-        "container_id": spec.container_id,
-        "pid": state.pid,
-        "bundle": bundle,
-        "restore_ms": restore_ms,
-        "hostname": spec.hostname,
-        "tcp_close": tcp_close,
-    }))
+        .map_err(|e| JobFailure::new(ErrorCode::RuncFailed, e.to_string()))?
+        .ok_or_else(|| JobFailure::new(ErrorCode::RuncFailed, "restored container vanished"))?;
+    Ok(ms2m_api::RestoreResult {
+        container_id: spec.container_id,
+        pid: state.pid,
+        bundle,
+        restore_ms,
+        hostname: spec.hostname,
+        tcp_close,
+    })
 }
 
 #[cfg(test)]

@@ -14,16 +14,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::RootCertStore;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use rustls_pki_types::pem::PemObject as _;
 
 use crate::config::TlsFiles;
 
-/// Prefix of every ms2m identity URI.
-pub const URI_PREFIX: &str = "spiffe://ms2m/";
+pub use ms2m_api::client::tls::URI_PREFIX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -40,62 +38,8 @@ fn file_err(p: &Path, e: impl std::fmt::Display) -> TlsError {
     }
 }
 
-/// Who a certificate says its holder is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CertIdentity {
-    Shim,
-    Agent(String),
-}
-
-impl CertIdentity {
-    pub fn uri(&self) -> String {
-        match self {
-            CertIdentity::Shim => format!("{URI_PREFIX}shim"),
-            CertIdentity::Agent(node) => format!("{URI_PREFIX}agent/{node}"),
-        }
-    }
-
-    pub fn from_uri(uri: &str) -> Option<Self> {
-        let rest = uri.strip_prefix(URI_PREFIX)?;
-        if rest == "shim" {
-            return Some(CertIdentity::Shim);
-        }
-        let node = rest.strip_prefix("agent/")?;
-        valid_node_name(node).then(|| CertIdentity::Agent(node.to_owned()))
-    }
-}
-
-impl std::fmt::Display for CertIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CertIdentity::Shim => f.write_str("ms2m-shim"),
-            CertIdentity::Agent(n) => write!(f, "ms2m-agent:{n}"),
-        }
-    }
-}
-
-/// Kubernetes node names: DNS-1123 subdomains.
-pub fn valid_node_name(n: &str) -> bool {
-    !n.is_empty()
-        && n.len() <= 253
-        && n.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-/// The ms2m identity in a (verified) end-entity certificate, if it names exactly one.
-pub fn identity_of(cert: &CertificateDer<'_>) -> Option<CertIdentity> {
-    let ee = webpki::EndEntityCert::try_from(cert).ok()?;
-    let mut ids = ee.valid_uri_names().filter_map(CertIdentity::from_uri);
-    let first = ids.next()?;
-    ids.next().is_none().then_some(first)
-}
+pub use ms2m_api::client::tls::{CertIdentity, identity_of, valid_node_name};
+use ms2m_api::client::tls::{IdentityVerifier, PeerWanted};
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -162,11 +106,11 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<rustls::ServerConfig>, TlsE
 /// the send must be sure of.
 pub fn peer_client_config(files: &TlsFiles, node: &str) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(IdentityVerifier {
-        roots: roots(&files.ca)?,
-        algs: provider.signature_verification_algorithms,
-        want: CertIdentity::Agent(node.to_owned()),
-    });
+    let verifier = Arc::new(IdentityVerifier::new(
+        roots(&files.ca)?,
+        &provider,
+        PeerWanted::Agent(node.to_owned()),
+    ));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -176,95 +120,4 @@ pub fn peer_client_config(files: &TlsFiles, node: &str) -> Result<rustls::Client
         .map_err(|e| TlsError::Config(e.to_string()))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(cfg)
-}
-
-/// The chain to the cluster CA (WebPKI path building, validity, server usage), then
-/// the peer's ms2m identity in place of a host name.
-#[derive(Debug)]
-struct IdentityVerifier {
-    roots: Arc<RootCertStore>,
-    algs: rustls::crypto::WebPkiSupportedAlgorithms,
-    want: CertIdentity,
-}
-
-impl ServerCertVerifier for IdentityVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &parsed,
-            &self.roots,
-            intermediates,
-            now,
-            self.algs.all,
-        )?;
-        match identity_of(end_entity) {
-            Some(id) if id == self.want => Ok(ServerCertVerified::assertion()),
-            other => Err(rustls::Error::General(format!(
-                "the peer is {}, not {}",
-                other
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| "no ms2m identity".into()),
-                self.want
-            ))),
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algs.supported_schemes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn identity_uris() {
-        assert_eq!(
-            CertIdentity::from_uri("spiffe://ms2m/shim"),
-            Some(CertIdentity::Shim)
-        );
-        assert_eq!(
-            CertIdentity::from_uri("spiffe://ms2m/agent/node-a.x"),
-            Some(CertIdentity::Agent("node-a.x".into()))
-        );
-        for bad in [
-            "spiffe://ms2m/agent/",
-            "spiffe://ms2m/agent/A",
-            "spiffe://ms2m/agent/a/b",
-            "spiffe://other/shim",
-            "spiffe://ms2m/shim2",
-        ] {
-            assert_eq!(CertIdentity::from_uri(bad), None, "{bad}");
-        }
-        assert_eq!(
-            CertIdentity::Agent("n1".into()).to_string(),
-            "ms2m-agent:n1"
-        );
-    }
 }

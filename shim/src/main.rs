@@ -259,7 +259,7 @@ async fn agents_answer(s: &Settings, within: Duration) -> anyhow::Result<()> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let err = match tokio::time::timeout(left, client.ready()).await {
-                Ok(Ok(())) => break,
+                Ok(Ok(_)) => break,
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "no answer".to_owned(),
             };

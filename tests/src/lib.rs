@@ -5,6 +5,7 @@
 //! Every prerequisite is checked up front and a missing one fails the test with a
 //! message naming it: a test that silently skips would hide a broken machine.
 
+pub mod agent_http;
 pub mod bundle;
 pub mod container;
 pub mod counter;

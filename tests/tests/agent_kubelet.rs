@@ -317,6 +317,17 @@ fn kubelet_backend_checkpoints_through_the_kubelet_api() {
         ..Default::default()
     });
 
+    // The counter has counted a few before the checkpoint: a restored copy that
+    // started over would print numbers below this.
+    let counted_before = agent_common::eventually(30, "the source counter to reach 3", || {
+        let n: u64 = std::fs::read_to_string(b.rootfs().join("count"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        (n >= 3).then_some(n)
+    });
+
     // Success: the archive is taken from the kubelet's directory into the store.
     let done = agent.run_job(
         "/v1/checkpoints",
@@ -366,6 +377,23 @@ fn kubelet_backend_checkpoints_through_the_kubelet_api() {
     let restored = Container::adopt(&new_id);
     assert_eq!(r["status"], "succeeded", "{r}");
     assert_eq!(restored.status().as_deref(), Some("running"));
+    // Running is not enough: the restored process continues the count it was
+    // checkpointed with.
+    let bundle = agent.config.bundles_dir().join(&new_id);
+    let log = agent_common::eventually(10, "the restored counter to print", || {
+        let l = std::fs::read_to_string(bundle.join("container.log")).ok()?;
+        (agent_common::numbers(&l).len() >= 3).then_some(l)
+    });
+    let got = agent_common::numbers(&log);
+    assert!(
+        got[0] >= counted_before,
+        "the restored counter started at {} although the source had counted to {counted_before} before the checkpoint: {log}",
+        got[0]
+    );
+    assert!(
+        got.windows(2).all(|w| w[1] == w[0] + 1),
+        "not consecutive: {got:?}"
+    );
 
     // 404: unknown container → the job fails with container_not_found.
     let nf = agent.run_job(

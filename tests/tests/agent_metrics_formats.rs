@@ -188,8 +188,21 @@ fn shim_metrics_pass_promtool_and_the_openmetrics_parser() {
         });
     }
     let get = |accept: &str| {
-        let s = std::net::TcpStream::connect(addr).unwrap();
-        agent_common::http(s, "GET", "/metrics", &[("Accept", accept)], None)
+        // The shim's metrics listener speaks the agents' plain HTTP: the same client.
+        let client =
+            ms2m_tests::agent_http::AgentClient::new(ms2m_tests::agent_http::AgentAddr::Tcp {
+                base: format!("http://{addr}"),
+                token: String::new(),
+            });
+        ms2m_tests::agent_http::try_call(
+            &client,
+            "GET",
+            "/metrics",
+            &[("Accept", accept)],
+            None,
+            std::time::Duration::from_secs(30),
+        )
+        .expect("the shim's /metrics")
     };
     let text = get("text/plain");
     assert_eq!(

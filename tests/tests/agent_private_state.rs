@@ -8,12 +8,12 @@
 mod agent_common;
 
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use agent_common::{COUNTER, Resp, eventually, http};
+use agent_common::{COUNTER, Resp, eventually};
+use ms2m_tests::agent_http::{AgentClient, try_call};
 use ms2m_tests::bundle::Bundle;
 use ms2m_tests::container::Container;
 use ms2m_tests::env;
@@ -61,6 +61,19 @@ fn spawn(base: &Path, extra: &[&std::ffi::OsStr]) -> (Child, PathBuf, PathBuf) {
     (child, socket, log)
 }
 
+/// `Some` once the agent on `socket` answers `/healthz` with 200.
+fn healthy(socket: &Path) -> Option<()> {
+    let r = try_call(
+        &AgentClient::unix(socket),
+        "GET",
+        "/healthz",
+        &[],
+        None,
+        Duration::from_secs(5),
+    );
+    (r.ok()?.status == 200).then_some(())
+}
+
 impl Proc {
     fn start(base: &Path) -> Proc {
         let (child, socket, log) = spawn(base, &[]);
@@ -69,8 +82,7 @@ impl Proc {
             if let Ok(Some(st)) = p.child.try_wait() {
                 panic!("agent exited ({st}): {}", p.log_text());
             }
-            let s = UnixStream::connect(&p.socket).ok()?;
-            (http(s, "GET", "/healthz", &[], None).status == 200).then_some(())
+            healthy(&p.socket)
         });
         p
     }
@@ -80,10 +92,15 @@ impl Proc {
     }
 
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Resp {
-        let s = UnixStream::connect(&self.socket).expect("agent socket");
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let b = body.map(|b| b.to_string());
-        http(s, method, path, &[], b.as_deref().map(str::as_bytes))
+        try_call(
+            &AgentClient::unix(&self.socket),
+            method,
+            path,
+            &[],
+            body.map(|b| b.to_string().into_bytes()),
+            Duration::from_secs(120),
+        )
+        .expect("agent socket")
     }
 
     fn job(&self, id: &str) -> Value {
@@ -333,7 +350,6 @@ fn a_token_file_readable_by_others_is_refused_at_start() {
         if let Ok(Some(st)) = p.child.try_wait() {
             panic!("agent exited ({st}): {}", p.log_text());
         }
-        let s = UnixStream::connect(&p.socket).ok()?;
-        (http(s, "GET", "/healthz", &[], None).status == 200).then_some(())
+        healthy(&p.socket)
     });
 }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use agent_daemon::{Daemon, DaemonOptions, Resp, free_port, http};
-use ms2m_shim::agent_client::{AgentAddr, AgentClient, DirectSendRequest, JobStatus};
+use ms2m_api::client::{AgentAddr, AgentClient};
+use ms2m_api::{DirectSendRequest, JobStatus, JobView};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -193,13 +194,13 @@ fn direct_send(
     target: SocketAddr,
     node: &str,
     id: &str,
-) -> ms2m_shim::agent_client::Job {
+) -> JobView {
     rt.block_on(async {
         let job = source
             .start_direct_send(&DirectSendRequest {
                 checkpoint_id: "ck".into(),
                 target: format!("https://{target}"),
-                target_checkpoint_id: id.into(),
+                target_checkpoint_id: Some(id.into()),
                 target_node: Some(node.into()),
                 import_reference: None,
             })

@@ -17,7 +17,7 @@ use amqprs::channel::{
     BasicAckArguments, BasicConsumeArguments, Channel, QueueDeclareArguments, QueueDeleteArguments,
 };
 use amqprs::connection::Connection;
-use ms2m_shim::agent_client::AgentAddr;
+use ms2m_api::client::AgentAddr;
 use ms2m_shim::engine::{Phase, ReplayMode, StepState, TransferMode};
 use ms2m_shim::messaging::{Messaging, connection_args};
 use ms2m_shim::standalone::{self, Report, Settings};

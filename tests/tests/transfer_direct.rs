@@ -2,17 +2,17 @@
 //! receiver, which verifies and commits the archive; a stream that is cut short or
 //! whose digests do not match leaves nothing behind.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use ms2m_agent::transfer::Progress;
-use ms2m_agent::transfer::direct::{CONTENT_TYPE, DirectOptions, check_destination, receive, send};
+use ms2m_agent::transfer::direct::{DirectOptions, check_destination, receive, send};
 use ms2m_agent::transfer::push::open_archive;
+use ms2m_api::wire::{self, FrameKind};
 use ms2m_image_format::Compression;
+use ms2m_tests::agent_http::{AgentAddr, AgentClient, try_call};
 use ms2m_tests::transfer::{dir_names, synthetic_checkpoint, tree_listing};
 
 const TOKEN: &str = "direct-test-token";
@@ -150,32 +150,26 @@ async fn two_big_layers_interleave_cleanly_compressed_or_not() {
     }
 }
 
-fn frame(kind: u8, layer: u16, payload: &[u8]) -> Vec<u8> {
-    let mut v = vec![kind];
-    v.extend_from_slice(&layer.to_be_bytes());
-    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    v.extend_from_slice(payload);
-    v
+fn frame(kind: FrameKind, layer: u16, payload: &[u8]) -> Vec<u8> {
+    wire::frame(kind, layer, payload).to_vec()
 }
 
 /// A hand-made request: what a broken or lying sender would send.
 fn raw_put(base: &str, id: &str, body: &[u8]) -> (u16, String) {
-    let addr = base.trim_start_matches("http://");
-    let mut s = TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "PUT /v1/direct/receive/{id} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
+    let client = AgentClient::new(AgentAddr::Tcp {
+        base: base.to_owned(),
+        token: TOKEN.to_owned(),
+    });
+    let r = try_call(
+        &client,
+        "PUT",
+        &format!("{}{id}", wire::ROUTE_PREFIX),
+        &[("Content-Type", wire::CONTENT_TYPE)],
+        Some(body.to_vec()),
+        std::time::Duration::from_secs(120),
     )
-    .unwrap();
-    s.write_all(body).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (
-        status,
-        out.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
-    )
+    .expect("the receiving agent answers");
+    (r.status, r.body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,9 +190,9 @@ async fn a_lying_or_truncated_stream_leaves_nothing() {
         "uncompressed_size": tar.len(),
         "annotations": {},
     });
-    let mut body = frame(1, 0, &tar);
-    body.extend(frame(2, 0, desc.to_string().as_bytes()));
-    body.extend(frame(3, 0, br#"{"layers":1}"#));
+    let mut body = frame(FrameKind::Data, 0, &tar);
+    body.extend(frame(FrameKind::End, 0, desc.to_string().as_bytes()));
+    body.extend(wire::done_frame(1).to_vec());
     let u = url.clone();
     let (status, msg) = tokio::task::spawn_blocking(move || raw_put(&u, "lying", &body))
         .await
@@ -212,7 +206,7 @@ async fn a_lying_or_truncated_stream_leaves_nothing() {
     );
 
     // Cut short: no END, no DONE.
-    let body = frame(1, 0, &[0u8; 512]);
+    let body = frame(FrameKind::Data, 0, &[0u8; 512]);
     let u = url.clone();
     let (status, msg) = tokio::task::spawn_blocking(move || raw_put(&u, "cut", &body))
         .await
@@ -257,10 +251,10 @@ async fn digests_announced_after_the_body_are_enforced() {
     let body_with = |desc: &ms2m_image_format::LayerDescriptor| {
         let mut body = Vec::new();
         for c in layer.chunks(100_000) {
-            body.extend(frame(1, 0, c));
+            body.extend(frame(FrameKind::Data, 0, c));
         }
-        body.extend(frame(2, 0, &serde_json::to_vec(desc).unwrap()));
-        body.extend(frame(3, 0, br#"{"layers":1}"#));
+        body.extend(frame(FrameKind::End, 0, &serde_json::to_vec(desc).unwrap()));
+        body.extend(wire::done_frame(1).to_vec());
         body
     };
 

@@ -1,5 +1,6 @@
 //! Bearer-token check for the TCP listener. The Unix socket relies on its file mode.
 
+use ms2m_api::ErrorCode;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -33,7 +34,7 @@ pub async fn require_token(State(token): State<Arc<String>>, req: Request, next:
     let Some(given) = given else {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "missing `Authorization: Bearer <token>` header",
         )
         .into_response();
@@ -44,7 +45,7 @@ pub async fn require_token(State(token): State<Arc<String>>, req: Request, next:
     if !ok {
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "unauthorized",
+            ErrorCode::Unauthorized,
             "wrong bearer token",
         )
         .into_response();

@@ -5,17 +5,18 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use ms2m_api::{ErrorBody, ErrorCode};
 use serde::de::DeserializeOwned;
 
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -24,26 +25,33 @@ impl ApiError {
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidRequest, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(StatusCode::NOT_FOUND, ErrorCode::NotFound, message)
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", message)
+        Self::new(StatusCode::CONFLICT, ErrorCode::Conflict, message)
     }
 
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        (
+            self.status,
+            axum::Json(ErrorBody::new(self.code, self.message)),
+        )
+            .into_response()
     }
 }
 
@@ -52,7 +60,7 @@ impl From<JsonRejection> for ApiError {
         match r {
             JsonRejection::JsonSyntaxError(e) => ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "malformed_json",
+                ErrorCode::MalformedJson,
                 format!(
                     "the body is not valid JSON: {}",
                     std::error::Error::source(&e)
@@ -67,17 +75,17 @@ impl From<JsonRejection> for ApiError {
             ),
             JsonRejection::MissingJsonContentType(_) => ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body with `Content-Type: application/json`",
             ),
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
+                    ErrorCode::PayloadTooLarge,
                     format!("the body is larger than {} bytes", super::MAX_BODY),
                 )
             }
-            other => ApiError::new(other.status(), "invalid_request", other.body_text()),
+            other => ApiError::new(other.status(), ErrorCode::InvalidRequest, other.body_text()),
         }
     }
 }
@@ -104,12 +112,12 @@ impl From<crate::jobs::JobsError> for ApiError {
             )),
             J::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                ErrorCode::ShuttingDown,
                 e.to_string(),
             ),
             J::Busy { .. } => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "too_many_jobs",
+                ErrorCode::TooManyJobs,
                 e.to_string(),
             ),
         }
@@ -120,9 +128,11 @@ impl From<crate::restore::RestoreError> for ApiError {
     fn from(e: crate::restore::RestoreError) -> Self {
         use crate::restore::RestoreError as R;
         match &e {
-            R::PathNotAllowed(..) => {
-                ApiError::new(StatusCode::FORBIDDEN, "path_not_allowed", e.to_string())
-            }
+            R::PathNotAllowed(..) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::PathNotAllowed,
+                e.to_string(),
+            ),
             R::NoRootfs | R::Invalid(_) => ApiError::invalid(e.to_string()),
         }
     }
@@ -131,9 +141,11 @@ impl From<crate::restore::RestoreError> for ApiError {
 impl From<crate::runc::RuncError> for ApiError {
     fn from(e: crate::runc::RuncError) -> Self {
         match &e {
-            crate::runc::RuncError::NotFound(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, "container_not_found", e.to_string())
-            }
+            crate::runc::RuncError::NotFound(_) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::ContainerNotFound,
+                e.to_string(),
+            ),
             _ => ApiError::internal(e.to_string()),
         }
     }
@@ -146,7 +158,7 @@ impl From<crate::image_store::Error> for ApiError {
             I::Reference(_) => ApiError::invalid(e.to_string()),
             I::Spawn { .. } | I::Failed { .. } => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
-                "image_store_error",
+                ErrorCode::ImageStoreError,
                 e.to_string(),
             ),
             _ => ApiError::internal(e.to_string()),

@@ -11,6 +11,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use ms2m_api::ErrorCode;
 
 use super::error::ApiError;
 use super::serve::PROBES;
@@ -65,12 +66,12 @@ pub fn authorize(who: &Identity, path: &str) -> Result<(), ApiError> {
         (Identity::Cert(CertIdentity::Agent(_)), true) => Ok(()),
         (Identity::Anonymous, _) => Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "client_certificate_required",
+            ErrorCode::ClientCertificateRequired,
             "present a client certificate of the cluster CA",
         )),
         (who, _) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "forbidden",
+            ErrorCode::Forbidden,
             format!(
                 "{who} may not call {path}: the shim may call every verb but Direct receive, \
                  a peer agent only Direct receive"
@@ -86,7 +87,7 @@ pub async fn require_identity(req: Request, next: Next) -> Response {
         .cloned()
         .unwrap_or(Identity::Anonymous);
     if let Err(e) = authorize(&who, req.uri().path()) {
-        tracing::warn!(caller = %who, path = %req.uri().path(), code = e.code, "request refused");
+        tracing::warn!(caller = %who, path = %req.uri().path(), code = %e.code, "request refused");
         return e.into_response();
     }
     next.run(req).await

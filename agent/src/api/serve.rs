@@ -15,6 +15,7 @@
 //!   connections are always idle or serving a probe, and a kubelet probe can always
 //!   take one over, whatever a flood of idle or half-sent connections does.
 
+use ms2m_api::{ErrorBody, ErrorCode};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,9 +183,11 @@ impl Drop for InFlight {
 
 /// The answer to a connection the gate has no room for, written before closing it.
 fn refusal_bytes() -> Vec<u8> {
-    let body = serde_json::json!({"error": {"code": "too_many_connections",
-        "message": "every connection of this listener has a request in flight: retry later"}})
-    .to_string();
+    let body = serde_json::to_string(&ErrorBody::new(
+        ErrorCode::TooManyConnections,
+        "every connection of this listener has a request in flight: retry later",
+    ))
+    .expect("error bodies serialize");
     format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
          content-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
@@ -197,7 +200,7 @@ fn too_many_requests() -> axum::response::Response {
     use axum::response::IntoResponse as _;
     let mut r = super::ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "too_many_requests",
+        ErrorCode::TooManyRequests,
         "too many requests in flight on this listener: retry later",
     )
     .into_response();

@@ -9,6 +9,7 @@ pub mod kubelet;
 pub mod runc;
 mod store;
 
+use ms2m_api::ErrorCode;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -44,16 +45,21 @@ impl BackendError {
     }
 
     /// The job error code (see docs/agent-api.md).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
+        use crate::runc::RuncError;
         match self {
-            BackendError::ContainerNotFound(_) => "container_not_found",
-            BackendError::Runc(crate::runc::RuncError::NotFound(_)) => "container_not_found",
-            BackendError::Runc(e) if e.to_string().contains("criu") => "criu_failed",
-            BackendError::Runc(_) => "runc_failed",
-            BackendError::Criu(_) => "criu_failed",
-            BackendError::Kubelet(_) => "kubelet_error",
-            BackendError::Io { .. } => "io",
-            BackendError::Diff(_) | BackendError::InvalidArchive(_) => "invalid_archive",
+            BackendError::ContainerNotFound(_) => ErrorCode::ContainerNotFound,
+            BackendError::Runc(RuncError::NotFound(_)) => ErrorCode::ContainerNotFound,
+            // runc's checkpoint and restore are CRIU runs: their failures are CRIU's.
+            BackendError::Runc(RuncError::Failed {
+                op: "checkpoint" | "restore",
+                ..
+            }) => ErrorCode::CriuFailed,
+            BackendError::Runc(_) => ErrorCode::RuncFailed,
+            BackendError::Criu(_) => ErrorCode::CriuFailed,
+            BackendError::Kubelet(_) => ErrorCode::KubeletError,
+            BackendError::Io { .. } => ErrorCode::Io,
+            BackendError::Diff(_) | BackendError::InvalidArchive(_) => ErrorCode::InvalidArchive,
         }
     }
 }
@@ -90,13 +96,16 @@ pub async fn run_job<B: Backend>(
     store: CheckpointStore,
     id: String,
     ctx: JobCtx,
-) -> Result<serde_json::Value, JobFailure> {
+) -> Result<ms2m_api::CheckpointResult, JobFailure> {
     let partial = store.partial_path(&id);
     let final_path = store.path(&id);
     ctx.clean_on_failure(&partial);
-    tokio::fs::create_dir_all(&partial)
-        .await
-        .map_err(|e| JobFailure::new("io", format!("creating {}: {e}", partial.display())))?;
+    tokio::fs::create_dir_all(&partial).await.map_err(|e| {
+        JobFailure::new(
+            ErrorCode::Io,
+            format!("creating {}: {e}", partial.display()),
+        )
+    })?;
     let started = Instant::now();
     let info = backend.checkpoint(&ctx, &partial).await?;
     let dump_ms = started.elapsed().as_millis() as u64;
@@ -105,13 +114,13 @@ pub async fn run_job<B: Backend>(
     let p = partial.clone();
     tokio::task::spawn_blocking(move || store::make_private(&p))
         .await
-        .map_err(|e| JobFailure::new("internal", e.to_string()))?
-        .map_err(|e| JobFailure::new("io", e.to_string()))?;
+        .map_err(|e| JobFailure::new(ErrorCode::Internal, e.to_string()))?
+        .map_err(|e| JobFailure::new(ErrorCode::Io, e.to_string()))?;
     tokio::fs::rename(&partial, &final_path)
         .await
         .map_err(|e| {
             JobFailure::new(
-                "io",
+                ErrorCode::Io,
                 format!("moving the checkpoint to {}: {e}", final_path.display()),
             )
         })?;
@@ -120,13 +129,13 @@ pub async fn run_job<B: Backend>(
     let size = tokio::task::spawn_blocking(move || crate::crio_layout::dir_size(&p))
         .await
         .unwrap_or(0);
-    Ok(serde_json::json!({
-        "checkpoint_id": id,
-        "path": final_path,
-        "size_bytes": size,
-        "backend": backend.name(),
-        "criu_version": info.criu_version,
-        "dump_ms": dump_ms,
-        "frozen_ms": info.frozen_ms,
-    }))
+    Ok(ms2m_api::CheckpointResult {
+        checkpoint_id: id,
+        path: final_path,
+        size_bytes: size,
+        backend: backend.name().to_owned(),
+        criu_version: info.criu_version,
+        dump_ms,
+        frozen_ms: info.frozen_ms,
+    })
 }

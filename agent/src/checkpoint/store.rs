@@ -4,8 +4,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
-
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(
@@ -26,25 +24,14 @@ pub enum StoreError {
 
 /// Ids become path components: keep them to a safe alphabet.
 pub fn validate_id(id: &str) -> Result<(), StoreError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
-    if ok {
+    if ms2m_api::ids::is_valid_id(id) {
         Ok(())
     } else {
         Err(StoreError::InvalidId(id.to_owned()))
     }
 }
 
-#[derive(Debug, Serialize)]
-pub struct Listed {
-    pub checkpoint_id: String,
-    pub path: PathBuf,
-    pub size_bytes: u64,
-}
+pub use ms2m_api::CheckpointEntry as Listed;
 
 #[derive(Debug, Clone)]
 pub struct CheckpointStore {

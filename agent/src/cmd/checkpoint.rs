@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use ms2m_api::{CheckpointRequest, CheckpointResult};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// runc container id.
@@ -31,29 +33,27 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let mut body = serde_json::json!({
-        "backend": "runc",
-        "container_id": a.container_id,
-        "leave_running": !a.stop,
-        "tcp_established": a.tcp_established,
-    });
-    if let Some(id) = a.checkpoint_id {
-        body["checkpoint_id"] = id.into();
-    }
-    if let Some(r) = a.rootfs_image {
-        body["rootfs_image"] = serde_json::json!(r);
-    }
-    let r = super::agent_client::run_job(&a.socket, "/v1/checkpoints", body).await?;
+    let req = CheckpointRequest::Runc {
+        container_id: a.container_id,
+        leave_running: !a.stop,
+        tcp_established: a.tcp_established,
+        tcp_close: None,
+        network_lock: None,
+        checkpoint_id: a.checkpoint_id,
+        rootfs_image: a.rootfs_image,
+    };
+    let r: CheckpointResult =
+        super::agent_client::run_job(&a.socket, async |c| c.start_checkpoint(&req).await).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
             "checkpoint {}: {} bytes at {} (CRIU {}, frozen {} ms)",
-            r["checkpoint_id"].as_str().unwrap_or("?"),
-            r["size_bytes"],
-            r["path"].as_str().unwrap_or("?"),
-            r["criu_version"].as_str().unwrap_or("?"),
-            r["frozen_ms"]
+            r.checkpoint_id,
+            r.size_bytes,
+            r.path.display(),
+            r.criu_version.as_deref().unwrap_or("?"),
+            r.frozen_ms.map_or("-".to_owned(), |m| m.to_string()),
         );
     }
     Ok(())

@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use ms2m_api::{RestoreRequest, RestoreResult};
+
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Checkpoint id in the agent's store.
@@ -30,27 +32,22 @@ pub struct Args {
 }
 
 pub async fn run(a: Args) -> anyhow::Result<()> {
-    let mut body = serde_json::json!({
-        "checkpoint_id": a.checkpoint_id,
-        "container_id": a.container_id,
-        "tcp_established": a.tcp_established,
-    });
-    if let Some(n) = a.netns {
-        body["netns_path"] = serde_json::json!(n);
-    }
-    if let Some(r) = a.rootfs {
-        body["rootfs"] = serde_json::json!(r);
-    }
-    let r = super::agent_client::run_job(&a.socket, "/v1/restores", body).await?;
+    let req = RestoreRequest {
+        checkpoint_id: a.checkpoint_id,
+        container_id: a.container_id,
+        netns_path: a.netns,
+        rootfs: a.rootfs,
+        tcp_established: a.tcp_established,
+        ..Default::default()
+    };
+    let r: RestoreResult =
+        super::agent_client::run_job(&a.socket, async |c| c.start_restore(&req).await).await?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {
         println!(
             "restored {} (pid {}, hostname {}) in {} ms",
-            r["container_id"].as_str().unwrap_or("?"),
-            r["pid"],
-            r["hostname"].as_str().unwrap_or("?"),
-            r["restore_ms"]
+            r.container_id, r.pid, r.hostname, r.restore_ms
         );
     }
     Ok(())

@@ -29,42 +29,17 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use ms2m_image_format::{Compression, EncodeOptions, ImageOptions, write_oci_layout};
-use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
 pub use containerd::{Containerd, Ctr, CtrImport};
 pub use containers_storage::{ContainersStorage, Skopeo, SkopeoCopy, validate_storage_spec};
 
+pub use ms2m_api::{ErrorCode, Imported, Removed, StoreKind};
+
 use crate::registry::Reference;
 
 /// Prefix of the temp layout directories in the work directory.
 const LAYOUT_PREFIX: &str = "ms2m-import-";
-
-/// Which store; also the `store` field of results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum StoreKind {
-    /// containers-storage, CRI-O's (and Podman's) store, through skopeo.
-    #[default]
-    ContainersStorage,
-    /// containerd's image store, through ctr.
-    Containerd,
-}
-
-impl StoreKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StoreKind::ContainersStorage => "containers-storage",
-            StoreKind::Containerd => "containerd",
-        }
-    }
-}
-
-impl std::fmt::Display for StoreKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -110,15 +85,15 @@ impl Error {
     }
 
     /// The job error code (docs/agent-api.md).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Reference(_) => "invalid_request",
+            Error::Reference(_) => ErrorCode::InvalidRequest,
             // The agent's configuration, not the request.
-            Error::StorageSpec(_) => "internal",
-            Error::Archive(_) | Error::Layout(_) => "invalid_archive",
-            Error::Spawn { .. } | Error::Failed { .. } => "image_store_error",
-            Error::Io { .. } => "io",
-            Error::Internal(_) => "internal",
+            Error::StorageSpec(_) => ErrorCode::Internal,
+            Error::Archive(_) | Error::Layout(_) => ErrorCode::InvalidArchive,
+            Error::Spawn { .. } | Error::Failed { .. } => ErrorCode::ImageStoreError,
+            Error::Io { .. } => ErrorCode::Io,
+            Error::Internal(_) => ErrorCode::Internal,
         }
     }
 }
@@ -167,28 +142,6 @@ impl std::fmt::Display for ImageRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.name, self.tag)
     }
-}
-
-/// What an import produced (also `received.imported` of a Direct receive).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Imported {
-    /// The normalized reference the image is stored under.
-    pub reference: String,
-    pub store: StoreKind,
-    /// The id the store and the runtime's CRI show for the image (`crictl images`,
-    /// `podman images`): the config digest, which both stores use as image id.
-    pub image_id: String,
-    /// The manifest digest (`skopeo inspect`'s `Digest`, `ctr images ls`'s DIGEST).
-    pub manifest_digest: String,
-}
-
-/// What a removal did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Removed {
-    pub reference: String,
-    pub store: StoreKind,
-    /// False when the store had no such image (removal is idempotent).
-    pub removed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -390,7 +343,7 @@ mod tests {
         ] {
             let e = ImageRef::parse(bad).unwrap_err();
             assert!(matches!(e, Error::Reference(_)), "{bad}: {e}");
-            assert_eq!(e.code(), "invalid_request");
+            assert_eq!(e.code(), ErrorCode::InvalidRequest);
         }
         // Removal takes any reference, digests included.
         assert_eq!(

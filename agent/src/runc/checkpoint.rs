@@ -2,32 +2,9 @@
 
 use std::path::PathBuf;
 
-use serde::{Deserialize, Serialize};
-
 use super::{Runc, RuncError};
 
-/// CRIU's `network-lock` method: how the container's network is kept silent while
-/// connections are dumped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NetworkLock {
-    Iptables,
-    Nftables,
-    /// No lock: right when connections are not dumped (`tcp-close`) and the task dies
-    /// with the dump. CRIU's lock rules would otherwise stay in the dead container's
-    /// network namespace, and its peers would never see the connections close.
-    Skip,
-}
-
-impl NetworkLock {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NetworkLock::Iptables => "iptables",
-            NetworkLock::Nftables => "nftables",
-            NetworkLock::Skip => "skip",
-        }
-    }
-}
+pub use ms2m_api::NetworkLock;
 
 #[derive(Debug, Clone)]
 pub struct CheckpointCmd {

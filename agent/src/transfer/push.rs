@@ -89,6 +89,29 @@ pub struct LayerSummary {
     pub uncompressed_size: u64,
 }
 
+impl From<PushResult> for ms2m_api::PushResult {
+    fn from(r: PushResult) -> Self {
+        Self {
+            image: r.image,
+            digest: r.digest,
+            manifest_digest: r.manifest_digest,
+            bytes_uploaded: r.bytes_uploaded,
+            archive_bytes: r.archive_bytes,
+            layers: r
+                .layers
+                .into_iter()
+                .map(|l| ms2m_api::LayerSummary {
+                    digest: l.digest,
+                    size_bytes: l.size,
+                    diff_id: l.diff_id,
+                    uncompressed_size_bytes: l.uncompressed_size,
+                })
+                .collect(),
+            elapsed_ms: r.elapsed.as_millis() as u64,
+        }
+    }
+}
+
 mod millis {
     pub fn serialize<S: serde::Serializer>(
         d: &std::time::Duration,

@@ -10,13 +10,17 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{Api, Client, api::ListParams};
 use tokio::sync::Mutex;
 
-use crate::agent_client::{
-    AgentAddr, AgentClient, CheckpointRequest, DirectSendRequest, Job, JobStatus, PushRequest,
+use ms2m_api::{
+    CheckpointRequest, CheckpointResult, DirectSendRequest, JobStatus, PushRequest, PushResult,
+    SendResult,
 };
+
+use crate::adapters::{AgentJob, agent_err, job_view, kube_err, mq_err};
+use crate::agent_client::{AgentAddr, AgentClient};
 use crate::crd::StatefulMigrationSpec;
 use crate::driver::WorldError;
 use crate::engine::{JobView, QueueNames};
-use crate::messaging::{BrokerTls, ControlMessage, Messaging, MessagingError, QueueState};
+use crate::messaging::{BrokerTls, ControlMessage, Messaging, QueueState};
 
 use super::api_calls::{self, ApiCall};
 
@@ -155,44 +159,6 @@ pub struct ClusterBackends {
 /// Documents which table entry a call site uses.
 fn uses(_: ApiCall) {}
 
-fn kube_err(what: &str, e: kube::Error) -> WorldError {
-    WorldError::transient(format!("{what}: {e}"))
-}
-
-fn mq_err(e: MessagingError) -> WorldError {
-    if e.is_permanent() {
-        WorldError::permanent(e.to_string())
-    } else {
-        WorldError::transient(e.to_string())
-    }
-}
-
-fn agent_err(e: crate::agent_client::AgentError) -> WorldError {
-    if e.is_permanent() {
-        WorldError::permanent(e.to_string())
-    } else {
-        WorldError::transient(e.to_string())
-    }
-}
-
-fn view(job: &crate::agent_client::Job, output: Option<String>) -> JobView {
-    match job.status {
-        JobStatus::Queued | JobStatus::Running => JobView::Running,
-        JobStatus::Succeeded => match output {
-            Some(output) => JobView::Succeeded {
-                output,
-                finished_at: job.finished_at,
-            },
-            None => JobView::Failed {
-                reason: format!("job {} succeeded without a result", job.id),
-            },
-        },
-        _ => JobView::Failed {
-            reason: job.failure(),
-        },
-    }
-}
-
 impl ClusterBackends {
     pub fn new(client: Client, discovery: AgentDiscovery) -> Self {
         Self {
@@ -217,7 +183,11 @@ impl ClusterBackends {
 
     /// The agent job `job` on `node`, as it is now; `None` when no job was started or
     /// the agent no longer knows it (it restarted).
-    async fn agent_job(&self, node: &str, job: Option<&str>) -> Result<Option<Job>, WorldError> {
+    async fn agent_job(
+        &self,
+        node: &str,
+        job: Option<&str>,
+    ) -> Result<Option<AgentJob>, WorldError> {
         let Some(id) = job else {
             return Ok(None);
         };
@@ -426,8 +396,8 @@ impl Backends for ClusterBackends {
             namespace: m.namespace.clone(),
             pod: pod.into(),
             container: container.into(),
-            timeout_seconds: m.spec.phase_timeout_seconds,
-            checkpoint_id: checkpoint_id.into(),
+            timeout_seconds: Some(u64::from(m.spec.phase_timeout_seconds)),
+            checkpoint_id: Some(checkpoint_id.into()),
         };
         match agent.start_checkpoint(&req).await {
             Ok(job) => Ok(Some(job.id)),
@@ -447,7 +417,9 @@ impl Backends for ClusterBackends {
         if let Some(id) = job
             && let Some(j) = agent.job(id, Duration::ZERO).await.map_err(agent_err)?
         {
-            return Ok(view(&j, j.result_str("checkpoint_id")));
+            return Ok(job_view(Some(&j), |r: CheckpointResult| {
+                Some(r.checkpoint_id)
+            }));
         }
         // No job to ask (a 409 on start, or the agent restarted): the checkpoint itself says.
         Ok(
@@ -479,8 +451,8 @@ impl Backends for ClusterBackends {
         let req = PushRequest {
             checkpoint_id: checkpoint_id.into(),
             image: image.into(),
-            compression: "zstd".into(),
-            insecure: false,
+            compression: Some("zstd".into()),
+            ..Default::default()
         };
         agent
             .start_push(&req)
@@ -495,10 +467,8 @@ impl Backends for ClusterBackends {
         node: &str,
         job: Option<&str>,
     ) -> Result<JobView, WorldError> {
-        Ok(match self.agent_job(node, job).await? {
-            Some(j) => view(&j, j.result_str("image")),
-            None => JobView::NotStarted,
-        })
+        let j = self.agent_job(node, job).await?;
+        Ok(job_view(j.as_ref(), |r: PushResult| Some(r.image)))
     }
 
     async fn start_direct_send(
@@ -521,7 +491,7 @@ impl Backends for ClusterBackends {
         let req = DirectSendRequest {
             checkpoint_id: checkpoint_id.into(),
             target: target.addr().to_string(),
-            target_checkpoint_id: checkpoint_id.into(),
+            target_checkpoint_id: Some(checkpoint_id.into()),
             target_node: Some(target_node.into()),
             import_reference: Some(reference.into()),
         };
@@ -542,8 +512,14 @@ impl Backends for ClusterBackends {
         let Some(j) = self.agent_job(node, job).await? else {
             return Ok(JobView::NotStarted);
         };
-        let imported = j.result_at("/received/imported/reference");
-        if j.status == JobStatus::Succeeded && imported.is_none() {
+        let imported = |r: SendResult| r.received.imported.map(|i| i.reference);
+        if j.status == JobStatus::Succeeded
+            && j.result::<SendResult>()
+                .ok()
+                .flatten()
+                .and_then(imported)
+                .is_none()
+        {
             // Restoring needs the image in the node's store; an archive alone is useless.
             return Ok(JobView::Failed {
                 reason: format!(
@@ -552,7 +528,7 @@ impl Backends for ClusterBackends {
                 ),
             });
         }
-        Ok(view(&j, imported))
+        Ok(job_view(Some(&j), imported))
     }
 
     async fn delete_image(
@@ -565,6 +541,7 @@ impl Backends for ClusterBackends {
             .await?
             .delete_image(reference)
             .await
+            .map(drop)
             .map_err(agent_err)
     }
 

@@ -35,7 +35,6 @@ mod management;
 pub use backlog::{BacklogCheck, pre_binding_backlog};
 pub use broker_tls::BrokerTls;
 pub use management::{Binding, Management, ManagementConfig};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tracing::{debug, info, warn};
 
@@ -83,37 +82,9 @@ impl MessagingError {
 
 pub type Result<T, E = MessagingError> = std::result::Result<T, E>;
 
-/// A control message of the MS2M protocol.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[serde(tag = "type")]
-pub enum ControlMessage {
-    #[serde(rename = "START_REPLAY")]
-    StartReplay { payload: StartReplayPayload },
-    #[serde(rename = "END_REPLAY")]
-    EndReplay,
-}
-
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-pub struct StartReplayPayload {
-    pub queue: String,
-}
-
-impl ControlMessage {
-    pub fn start_replay(replay_queue: &str) -> Self {
-        ControlMessage::StartReplay {
-            payload: StartReplayPayload {
-                queue: replay_queue.to_owned(),
-            },
-        }
-    }
-
-    fn step_name(&self) -> &'static str {
-        match self {
-            ControlMessage::StartReplay { .. } => "start-replay",
-            ControlMessage::EndReplay => "end-replay",
-        }
-    }
-}
+/// The control messages of the MS2M protocol live in the API crate, shared with
+/// consumers' tests.
+pub use ms2m_api::control::{ControlMessage, StartReplayPayload};
 
 /// What the broker told the channel asynchronously.
 #[derive(Debug)]

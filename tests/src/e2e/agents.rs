@@ -14,8 +14,6 @@
 //! - The pristine image rootfs (what the source bundle was made from) is copied aside
 //!   before the source starts and is the one rootfs directory both agents allow.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +21,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use ms2m_api::{CheckpointRequest, PullRequest, PushRequest, RestoreRequest};
 use serde_json::{Value, json};
 
 use super::{HTTP_PORT, Migrated, Scenario, get_applied, u64_of, wait_state};
@@ -156,32 +155,20 @@ impl NodeAgent {
         method: &str,
         path: &str,
         body: Option<&Value>,
-    ) -> std::io::Result<(u16, Value)> {
-        let mut s = UnixStream::connect(&self.socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(330)))?;
-        let body = body.map(|b| b.to_string()).unwrap_or_default();
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
+    ) -> Result<(u16, Value), ms2m_api::client::AgentError> {
+        let client = crate::agent_http::AgentClient::unix(&self.socket);
+        let r = crate::agent_http::try_call(
+            &client,
+            method,
+            path,
+            &[],
+            body.map(crate::agent_http::body),
+            Duration::from_secs(330),
         )?;
-        let mut raw = String::new();
-        s.read_to_string(&mut raw)?;
-        let (head, rest) = raw
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other(format!("malformed answer {raw:?}")))?;
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let text = if head.to_ascii_lowercase().contains("chunked") {
-            dechunk(rest)
-        } else {
-            rest.to_string()
-        };
-        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+        Ok((
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        ))
     }
 
     /// One API call; panics when the agent cannot be reached.
@@ -191,8 +178,14 @@ impl NodeAgent {
     }
 
     /// Starts a job (`POST path`), waits for its end; `Ok(result)` or `Err(job)`.
-    pub fn job(&self, path: &str, body: &Value, timeout: Duration) -> Result<Value, Value> {
-        let (status, job) = self.call("POST", path, Some(body));
+    pub fn job(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        timeout: Duration,
+    ) -> Result<Value, Value> {
+        let body = serde_json::to_value(body).expect("request bodies serialize");
+        let (status, job) = self.call("POST", path, Some(&body));
         assert_eq!(status, 202, "POST {path} {body}: {job}");
         let job = self.wait_job(job["id"].as_str().expect("job id"), timeout);
         if job["status"] == "succeeded" {
@@ -232,22 +225,6 @@ impl Drop for NodeAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((len, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// The two agents of a scenario and where checkpoint images go.
@@ -704,20 +681,33 @@ pub fn migrate_stop_and_copy_via_agents(sc: &mut Scenario, agents: &Agents) -> M
         .a
         .job(
             "/v1/checkpoints",
-            &json!({"backend": "runc", "container_id": source_id, "checkpoint_id": ck,
-                    "leave_running": false, "rootfs_image": sc.rootfs_image()}),
+            &CheckpointRequest::Runc {
+                container_id: source_id.clone(),
+                leave_running: false,
+                tcp_established: false,
+                tcp_close: None,
+                network_lock: None,
+                checkpoint_id: Some(ck.clone()),
+                rootfs_image: Some(sc.rootfs_image()),
+            },
             t,
         )
         .unwrap_or_else(|j| fail("checkpoint", j));
     phases.push(("checkpointing".to_string(), started.elapsed()));
     // What CRIU left in the dead source's namespace: its lock rules would keep the
     // broker from seeing the connection close.
-    let rules = sc
+    let out = sc
         .source_pod
         .command("iptables-save")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
+        .expect("run iptables-save in the source's namespace");
+    assert!(
+        out.status.success(),
+        "iptables-save in the source's namespace failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = String::from_utf8_lossy(&out.stdout).into_owned();
     let criu_rules_left = rules.contains(":CRIU");
     sc.source_applied = recorder.finish();
     // The dump ended the source.
@@ -728,7 +718,12 @@ pub fn migrate_stop_and_copy_via_agents(sc: &mut Scenario, agents: &Agents) -> M
         .a
         .job(
             "/v1/pushes",
-            &json!({"checkpoint_id": ck, "image": image, "insecure": true}),
+            &PushRequest {
+                checkpoint_id: ck.clone(),
+                image: image.clone(),
+                insecure: true,
+                ..Default::default()
+            },
             t,
         )
         .unwrap_or_else(|j| fail("push", j));
@@ -736,7 +731,12 @@ pub fn migrate_stop_and_copy_via_agents(sc: &mut Scenario, agents: &Agents) -> M
         .b
         .job(
             "/v1/pulls",
-            &json!({"image": image, "checkpoint_id": ck, "insecure": true}),
+            &PullRequest {
+                image: image.clone(),
+                checkpoint_id: Some(ck.clone()),
+                insecure: true,
+                ..Default::default()
+            },
             t,
         )
         .unwrap_or_else(|j| fail("pull", j));
@@ -749,9 +749,14 @@ pub fn migrate_stop_and_copy_via_agents(sc: &mut Scenario, agents: &Agents) -> M
         .b
         .job(
             "/v1/restores",
-            &json!({"checkpoint_id": ck, "container_id": sc.target_name,
-                    "netns_path": target_pod.netns_path(), "tcp_established": true,
-                    "tcp_close": true}),
+            &RestoreRequest {
+                checkpoint_id: ck.clone(),
+                container_id: sc.target_name.clone(),
+                netns_path: Some(target_pod.netns_path()),
+                tcp_established: true,
+                tcp_close: Some(true),
+                ..Default::default()
+            },
             t,
         )
         .unwrap_or_else(|j| fail("restore", j));

@@ -1,14 +1,13 @@
 //! Shared by the `agent_*` tests: an ms2m agent served in-process on a real Unix socket
-//! (and optionally TCP with a token), and a small blocking HTTP/1.1 client.
+//! (and optionally TCP with a token), called through the agent client
+//! (`ms2m_api::client`, blocking wrapper in `ms2m_tests::agent_http`).
 //!
 //! The agent is the library's own router and job registry, run on a private tokio
 //! runtime; CRIU, runc, the registry and the network namespaces it drives are real.
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixStream;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,106 +16,8 @@ use ms2m_agent::api::{self, AppState, CancellationToken};
 use ms2m_agent::config::{Config, FileConfig, Overrides};
 use serde_json::Value;
 
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub head: String,
-    pub body: String,
-}
-
-impl Resp {
-    pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("answer is not JSON ({e}): {} {}", self.status, self.body))
-    }
-
-    /// The `error.code` of an error answer.
-    pub fn code(&self) -> String {
-        self.json()["error"]["code"]
-            .as_str()
-            .unwrap_or("")
-            .to_string()
-    }
-
-    pub fn header(&self, name: &str) -> Option<String> {
-        self.head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_string())
-        })
-    }
-}
-
-fn dechunk(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some((len, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(len.trim(), 16) else {
-            break;
-        };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// One request on a fresh connection. `headers` are sent as given; with a body and no
-/// explicit content type, `application/json` is added.
-pub fn http<S: Read + Write>(
-    mut s: S,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Option<&[u8]>,
-) -> Resp {
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if let Some(b) = body {
-        if !headers
-            .iter()
-            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
-        {
-            req.push_str("Content-Type: application/json\r\n");
-        }
-        req.push_str(&format!("Content-Length: {}\r\n", b.len()));
-    }
-    req.push_str("\r\n");
-    let mut bytes = req.into_bytes();
-    if let Some(b) = body {
-        bytes.extend_from_slice(b);
-    }
-    // The server may answer (413) and close before reading a large body: a failed
-    // write is fine as long as the answer arrives.
-    let _ = s.write_all(&bytes);
-    let mut raw = Vec::new();
-    let _ = s.read_to_end(&mut raw);
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, rest) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("malformed HTTP answer to {method} {path}: {text:?}"));
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_string()
-    };
-    Resp {
-        status,
-        head: head.to_string(),
-        body,
-    }
-}
+pub use ms2m_tests::agent_http::Resp;
+use ms2m_tests::agent_http::{AgentAddr, AgentClient};
 
 #[derive(Default)]
 pub struct AgentOptions {
@@ -242,9 +143,16 @@ impl Agent {
         headers: &[(&str, &str)],
         body: Option<&[u8]>,
     ) -> Resp {
-        let s = UnixStream::connect(&self.socket).expect("connect to the agent socket");
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        http(s, method, path, headers, body)
+        let client = AgentClient::unix(&self.socket);
+        ms2m_tests::agent_http::try_call(
+            &client,
+            method,
+            path,
+            headers,
+            body.map(<[u8]>::to_vec),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     pub fn call_tcp(
@@ -254,14 +162,20 @@ impl Agent {
         token: Option<&str>,
         body: Option<&str>,
     ) -> Resp {
-        let s = TcpStream::connect(self.tcp.expect("agent without TCP")).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-        let auth = token.map(|t| format!("Bearer {t}"));
-        let mut h = vec![];
-        if let Some(a) = &auth {
-            h.push(("Authorization", a.as_str()));
-        }
-        http(s, method, path, &h, body.map(str::as_bytes))
+        let client = AgentClient::new(AgentAddr::Tcp {
+            base: format!("http://{}", self.tcp.expect("agent without TCP")),
+            // Empty: no Authorization header at all.
+            token: token.unwrap_or_default().to_owned(),
+        });
+        ms2m_tests::agent_http::try_call(
+            &client,
+            method,
+            path,
+            &[],
+            body.map(|b| b.as_bytes().to_vec()),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
     }
 
     /// POST a job request, expect 202, and wait for the job to end.

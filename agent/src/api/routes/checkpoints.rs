@@ -1,12 +1,11 @@
 //! `/v1/checkpoints`.
 
-use std::path::PathBuf;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use ms2m_api::{CheckpointList, CheckpointRequest, ErrorCode, NetworkLock};
 
 use crate::api::error::ApiJson;
 use crate::api::{ApiError, AppState};
@@ -14,46 +13,6 @@ use crate::checkpoint::kubelet::KubeletBackend;
 use crate::checkpoint::runc::RuncBackend;
 use crate::checkpoint::{self, validate_id};
 use crate::jobs::JobKind;
-use crate::runc::NetworkLock;
-
-fn default_true() -> bool {
-    true
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(tag = "backend", rename_all = "snake_case", deny_unknown_fields)]
-pub enum CheckpointRequest {
-    Runc {
-        container_id: String,
-        #[serde(default = "default_true")]
-        leave_running: bool,
-        #[serde(default)]
-        tcp_established: bool,
-        /// Default: `true` for a stop-and-copy checkpoint without `tcp_established`.
-        #[serde(default)]
-        tcp_close: Option<bool>,
-        /// Default: `skip` when connections are closed and the container stops, else
-        /// CRIU's (iptables).
-        #[serde(default)]
-        network_lock: Option<NetworkLock>,
-        checkpoint_id: Option<String>,
-        rootfs_image: Option<PathBuf>,
-    },
-    Kubelet {
-        namespace: String,
-        pod: String,
-        container: String,
-        timeout_seconds: Option<u64>,
-        checkpoint_id: Option<String>,
-    },
-}
-
-fn millis() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
 
 /// A DNS-1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
 fn dns1123_label(v: &str) -> bool {
@@ -116,7 +75,7 @@ pub async fn create(
             if s.runc.state(&container_id).await?.is_none() {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
-                    "container_not_found",
+                    ErrorCode::ContainerNotFound,
                     format!("runc has no container {container_id}"),
                 ));
             }
@@ -127,7 +86,8 @@ pub async fn create(
                     &s.config.allowed_rootfs_dirs,
                 )?;
             }
-            let id = checkpoint_id.unwrap_or_else(|| format!("{container_id}-{}", millis()));
+            let id =
+                checkpoint_id.unwrap_or_else(|| format!("{container_id}-{}", super::unix_millis()));
             s.store.ensure_new(&id)?;
             let backend = RuncBackend {
                 runc: s.runc.clone(),
@@ -156,14 +116,19 @@ pub async fn create(
             k8s_name("namespace", &namespace)?;
             k8s_name("pod", &pod)?;
             k8s_name("container", &container)?;
-            let id = checkpoint_id.unwrap_or_else(|| format!("{pod}-{container}-{}", millis()));
+            let id = checkpoint_id
+                .unwrap_or_else(|| format!("{pod}-{container}-{}", super::unix_millis()));
             s.store.ensure_new(&id)?;
             let backend = KubeletBackend {
                 config: s.config.kubelet.clone(),
                 namespace,
                 pod,
                 container,
-                timeout: Duration::from_secs(timeout_seconds.unwrap_or(60).clamp(1, 3600)),
+                timeout: Duration::from_secs(
+                    timeout_seconds
+                        .unwrap_or(ms2m_api::DEFAULT_KUBELET_TIMEOUT_SECONDS)
+                        .clamp(1, ms2m_api::MAX_KUBELET_TIMEOUT_SECONDS),
+                ),
             };
             let store = s.store.clone();
             let job = s.jobs.spawn(JobKind::Checkpoint, "preparing", move |ctx| {
@@ -179,7 +144,7 @@ pub async fn list(State(s): State<AppState>) -> Response {
     let list = tokio::task::spawn_blocking(move || store.list())
         .await
         .unwrap_or_default();
-    axum::Json(serde_json::json!({ "checkpoints": list })).into_response()
+    axum::Json(CheckpointList { checkpoints: list }).into_response()
 }
 
 pub async fn inspect(
@@ -234,44 +199,5 @@ mod tests {
         for bad in ["..", "a..b", ".a", "a.", "-a.b", &"a.".repeat(127)] {
             assert!(k8s_name("pod", bad).is_err(), "{bad:?}");
         }
-    }
-
-    #[test]
-    fn request_shapes() {
-        let r: CheckpointRequest =
-            serde_json::from_str(r#"{"backend":"runc","container_id":"c1"}"#).unwrap();
-        assert!(matches!(
-            r,
-            CheckpointRequest::Runc {
-                leave_running: true,
-                tcp_established: false,
-                ..
-            }
-        ));
-        let e = serde_json::from_str::<CheckpointRequest>(
-            r#"{"backend":"runc","container_id":"c1","leave_runing":true}"#,
-        )
-        .unwrap_err();
-        assert!(e.to_string().contains("leave_runing"), "{e}");
-        // The kubelet always leaves the container running: the option does not exist there.
-        assert!(
-            serde_json::from_str::<CheckpointRequest>(
-                r#"{"backend":"kubelet","namespace":"d","pod":"p","container":"c","leave_running":false}"#
-            )
-            .is_err()
-        );
-        assert!(serde_json::from_str::<CheckpointRequest>(r#"{"backend":"crio"}"#).is_err());
-        let r: CheckpointRequest = serde_json::from_str(
-            r#"{"backend":"runc","container_id":"c1","leave_running":false,"tcp_close":true,"network_lock":"skip"}"#,
-        )
-        .unwrap();
-        assert!(matches!(
-            r,
-            CheckpointRequest::Runc {
-                tcp_close: Some(true),
-                network_lock: Some(NetworkLock::Skip),
-                ..
-            }
-        ));
     }
 }

@@ -1,6 +1,7 @@
 //! `/v1/containers/{id}`: state and removal of standalone (runc) containers, for the
 //! shim's rollback (delete the target) and finalization (remove the source).
 
+use ms2m_api::ErrorCode;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -13,7 +14,7 @@ use crate::checkpoint::validate_id;
 fn not_found(id: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "container_not_found",
+        ErrorCode::ContainerNotFound,
         format!("runc has no container {id}"),
     )
 }
@@ -24,9 +25,12 @@ pub async fn state(
 ) -> Result<Response, ApiError> {
     validate_id(&id).map_err(|_| not_found(&id))?;
     let st = s.runc.state(&id).await?.ok_or_else(|| not_found(&id))?;
-    Ok(axum::Json(serde_json::json!({
-        "id": st.id, "status": st.status, "pid": st.pid, "bundle": st.bundle,
-    }))
+    Ok(axum::Json(ms2m_api::ContainerState {
+        id: st.id,
+        status: st.status,
+        pid: Some(st.pid),
+        bundle: st.bundle,
+    })
     .into_response())
 }
 

@@ -6,25 +6,12 @@ use std::time::Instant;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use ms2m_api::{ImageDeleteQuery, ImportRequest, ImportResult};
 
 use crate::api::error::ApiJson;
 use crate::api::{ApiError, AppState};
 use crate::image_store::{ImageRef, ImageStore};
 use crate::jobs::{JobFailure, JobKind};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportRequest {
-    pub checkpoint_id: String,
-    pub reference: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteQuery {
-    reference: String,
-}
 
 pub fn import_failure(e: crate::image_store::Error) -> JobFailure {
     JobFailure::new(e.code(), e.to_string())
@@ -49,10 +36,11 @@ pub async fn import(
                 .import(&source, &reference)
                 .await
                 .map_err(import_failure)?;
-            let mut v = serde_json::to_value(&imported).unwrap_or_default();
-            v["checkpoint_id"] = serde_json::json!(id);
-            v["elapsed_ms"] = serde_json::json!(started.elapsed().as_millis() as u64);
-            Ok(v)
+            Ok(ImportResult {
+                checkpoint_id: id,
+                imported,
+                elapsed_ms: started.elapsed().as_millis() as u64,
+            })
         })?;
     Ok(super::accepted(job))
 }
@@ -60,7 +48,7 @@ pub async fn import(
 /// `DELETE /v1/images?reference=<ref>` → `200`, also when the image was not there.
 pub async fn remove(
     State(s): State<AppState>,
-    q: Result<Query<DeleteQuery>, QueryRejection>,
+    q: Result<Query<ImageDeleteQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| {
         ApiError::invalid(format!(

@@ -5,30 +5,10 @@ use std::time::Duration;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use ms2m_api::JobList;
+use ms2m_api::job::{JobCancelQuery, JobGetQuery, JobListQuery, MAX_WAIT_SECONDS};
 
 use crate::api::{ApiError, AppState};
-use crate::jobs::{JobKind, JobStatus};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListQuery {
-    status: Option<JobStatus>,
-    kind: Option<JobKind>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GetQuery {
-    wait: Option<u64>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DeleteQuery {
-    #[serde(default)]
-    purge: bool,
-}
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v)
@@ -37,7 +17,7 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 pub async fn list(
     State(s): State<AppState>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<JobListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let jobs: Vec<_> = s
@@ -47,17 +27,21 @@ pub async fn list(
         .filter(|j| q.status.is_none_or(|st| j.status == st))
         .filter(|j| q.kind.is_none_or(|k| j.kind == k))
         .collect();
-    Ok(axum::Json(serde_json::json!({ "jobs": jobs })).into_response())
+    Ok(axum::Json(JobList { jobs }).into_response())
 }
 
 pub async fn get(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    q: Result<Query<GetQuery>, QueryRejection>,
+    q: Result<Query<JobGetQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let job = match q.wait {
-        Some(w) if w > 300 => return Err(ApiError::invalid("wait must be at most 300 seconds")),
+        Some(w) if w > MAX_WAIT_SECONDS => {
+            return Err(ApiError::invalid(format!(
+                "wait must be at most {MAX_WAIT_SECONDS} seconds"
+            )));
+        }
         Some(w) => s.jobs.wait(&id, Duration::from_secs(w)).await,
         None => s.jobs.get(&id),
     };
@@ -68,7 +52,7 @@ pub async fn get(
 pub async fn cancel(
     State(s): State<AppState>,
     Path(id): Path<String>,
-    q: Result<Query<DeleteQuery>, QueryRejection>,
+    q: Result<Query<JobCancelQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let job = s.jobs.cancel(&id, q.purge).await?;

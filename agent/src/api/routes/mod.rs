@@ -13,9 +13,17 @@ use axum::response::{IntoResponse, Response};
 
 use crate::jobs::JobView;
 
+/// Milliseconds since the epoch: the suffix of default checkpoint ids.
+pub fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
 /// `202 Accepted` with the job and its `Location`.
 pub fn accepted(job: JobView) -> Response {
-    let loc = format!("/v1/jobs/{}", job.id);
+    let loc = ms2m_api::routes::job_path(&job.id);
     (
         StatusCode::ACCEPTED,
         [(header::LOCATION, loc)],

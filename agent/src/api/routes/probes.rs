@@ -3,18 +3,23 @@
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ms2m_api::{ErrorCode, Probe};
 
 use crate::api::{ApiError, AppState};
 
 pub async fn healthz() -> Response {
-    axum::Json(serde_json::json!({"status": "ok"})).into_response()
+    axum::Json(Probe {
+        status: "ok".into(),
+        criu_version: None,
+    })
+    .into_response()
 }
 
 pub async fn readyz(State(s): State<AppState>) -> Response {
     if s.jobs.is_shutting_down() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
-            "shutting_down",
+            ErrorCode::ShuttingDown,
             "the agent is shutting down",
         )
         .into_response();
@@ -22,8 +27,12 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     let criu = match s.criu.as_ref() {
         Ok(v) => v.clone(),
         Err(why) => {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why.clone())
-                .into_response();
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::NotReady,
+                why.clone(),
+            )
+            .into_response();
         }
     };
     let dir = s.store.dir().to_owned();
@@ -36,9 +45,14 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     .await
     .unwrap_or_else(|e| Err(e.to_string()));
     if let Err(why) = writable {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", why).into_response();
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady, why)
+            .into_response();
     }
-    axum::Json(serde_json::json!({"status": "ready", "criu_version": criu})).into_response()
+    axum::Json(Probe {
+        status: "ready".into(),
+        criu_version: Some(criu),
+    })
+    .into_response()
 }
 
 /// Prometheus asks for OpenMetrics in `Accept`; anything else (curl, promtool, older
@@ -56,7 +70,7 @@ pub async fn not_found(uri: axum::http::Uri) -> ApiError {
 pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorCode::MethodNotAllowed,
         format!("{method} is not allowed on {}", uri.path()),
     )
 }

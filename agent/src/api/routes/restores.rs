@@ -1,33 +1,14 @@
 //! `/v1/restores`.
 
-use std::path::PathBuf;
-
 use axum::extract::State;
 use axum::response::Response;
-use serde::Deserialize;
+use ms2m_api::RestoreRequest;
 
 use crate::api::error::ApiJson;
 use crate::api::{ApiError, AppState};
 use crate::checkpoint::validate_id;
 use crate::jobs::JobKind;
 use crate::restore::{self, RestoreSpec};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RestoreRequest {
-    checkpoint_id: String,
-    container_id: String,
-    netns_path: Option<PathBuf>,
-    rootfs: Option<PathBuf>,
-    #[serde(default)]
-    tcp_established: bool,
-    /// `None`: closed exactly when the target namespace lacks their local address.
-    #[serde(default)]
-    tcp_close: Option<bool>,
-    /// Pod name for the restored `/etc/hostname` (default: `container_id`).
-    #[serde(default)]
-    hostname: Option<String>,
-}
 
 pub async fn create(
     State(s): State<AppState>,

@@ -1,13 +1,17 @@
 //! Registry and Direct transfer routes: the transfer engine (`crate::transfer`) does the
 //! work inside agent jobs; this file validates requests and reports progress.
 
+use ms2m_api::ErrorCode;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use ms2m_api::{
+    DirectSendRequest, PullRequest, PullResult, PushRequest, ReceiveQuery, ReceiveReady,
+    ReceiveResult,
+};
 
 use crate::api::error::ApiJson;
 use crate::api::{ApiError, AppState};
@@ -17,51 +21,6 @@ use crate::registry::{ClientOptions, Reference};
 use crate::transfer::Progress;
 use crate::transfer::direct::{self, DirectOptions};
 use crate::transfer::encode_args::EncodeArgs;
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushRequest {
-    pub checkpoint_id: String,
-    pub image: String,
-    /// `zstd` (default), `gzip`, `none`.
-    pub compression: Option<String>,
-    pub layers: Option<usize>,
-    pub parallel: Option<usize>,
-    #[serde(default)]
-    pub insecure: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PullRequest {
-    pub image: String,
-    pub checkpoint_id: Option<String>,
-    pub parallel: Option<usize>,
-    #[serde(default)]
-    pub insecure: bool,
-    #[serde(default)]
-    pub verify_diff_ids: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DirectSendRequest {
-    pub checkpoint_id: String,
-    pub target: String,
-    pub target_checkpoint_id: Option<String>,
-    /// The target's node: with TLS, the target must prove to be `ms2m-agent:<node>`.
-    pub target_node: Option<String>,
-    /// Have the target import the checkpoint into its image store under this reference.
-    pub import_reference: Option<String>,
-}
-
-/// Query of the Direct receive routes.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReceiveQuery {
-    /// Import the received checkpoint into the image store under this reference.
-    import: Option<String>,
-}
 
 fn receive_query(
     q: Result<Query<ReceiveQuery>, QueryRejection>,
@@ -99,10 +58,10 @@ fn follow(progress: Progress, ctx: JobCtx) -> tokio::task::JoinHandle<()> {
 
 fn transfer_failure(e: crate::transfer::Error) -> JobFailure {
     let code = match &e {
-        crate::transfer::Error::Registry(_) => "registry_error",
-        crate::transfer::Error::Image(_) => "invalid_archive",
-        crate::transfer::Error::TooLarge { .. } => "checkpoint_too_large",
-        _ => "transfer_error",
+        crate::transfer::Error::Registry(_) => ErrorCode::RegistryError,
+        crate::transfer::Error::Image(_) => ErrorCode::InvalidArchive,
+        crate::transfer::Error::TooLarge { .. } => ErrorCode::CheckpointTooLarge,
+        _ => ErrorCode::TransferError,
     };
     JobFailure::new(code, e.to_string())
 }
@@ -134,7 +93,7 @@ pub async fn push(
             follower.abort();
             let r = r.map_err(transfer_failure)?;
             ctx.set_bytes_done(r.bytes_uploaded);
-            Ok(serde_json::to_value(&r).unwrap_or_default())
+            Ok(ms2m_api::PushResult::from(r))
         })?;
     Ok(super::accepted(job))
 }
@@ -145,16 +104,9 @@ pub async fn pull(
 ) -> Result<Response, ApiError> {
     let image = Reference::parse(&req.image)
         .map_err(|e| ApiError::invalid(format!("image {:?}: {e}", req.image)))?;
-    let id = match req.checkpoint_id {
-        Some(id) => id,
-        None => format!(
-            "pull-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis())
-                .unwrap_or(0)
-        ),
-    };
+    let id = req
+        .checkpoint_id
+        .unwrap_or_else(|| format!("pull-{}", super::unix_millis()));
     s.store.ensure_new(&id)?;
     let opts = crate::transfer::pull::PullOptions {
         client: client_options(&s, req.insecure),
@@ -184,7 +136,7 @@ async fn pull_job(
     image: Reference,
     opts: crate::transfer::pull::PullOptions,
     ctx: JobCtx,
-) -> Result<serde_json::Value, JobFailure> {
+) -> Result<PullResult, JobFailure> {
     let partial = store.partial_path(&id);
     let final_path = store.path(&id);
     ctx.clean_on_failure(&partial);
@@ -198,22 +150,22 @@ async fn pull_job(
     }));
     let r = (&mut task.0)
         .await
-        .map_err(|e| JobFailure::new("internal", e.to_string()))?;
+        .map_err(|e| JobFailure::new(ErrorCode::Internal, e.to_string()))?;
     drop(follower);
     let r = r.map_err(transfer_failure)?;
     ctx.set_bytes_done(r.bytes_downloaded);
     tokio::fs::rename(&partial, &final_path)
         .await
-        .map_err(|e| JobFailure::new("io", format!("{}: {e}", final_path.display())))?;
+        .map_err(|e| JobFailure::new(ErrorCode::Io, format!("{}: {e}", final_path.display())))?;
     ctx.output(&final_path);
-    Ok(serde_json::json!({
-        "checkpoint_id": id,
-        "path": final_path,
-        "digest": r.digest,
-        "size_bytes": r.size_bytes,
-        "bytes_downloaded": r.bytes_downloaded,
-        "elapsed_ms": r.elapsed_ms,
-    }))
+    Ok(PullResult {
+        checkpoint_id: id,
+        path: final_path,
+        digest: r.digest,
+        size_bytes: r.size_bytes,
+        bytes_downloaded: r.bytes_downloaded,
+        elapsed_ms: r.elapsed_ms,
+    })
 }
 
 pub async fn direct_send(
@@ -301,7 +253,7 @@ async fn direct_send_job(
     opts: DirectOptions,
     ctx: JobCtx,
     _in_use: crate::checkpoint::InUse,
-) -> Result<serde_json::Value, JobFailure> {
+) -> Result<ms2m_api::SendResult, JobFailure> {
     let progress = Progress::new();
     let follower = AbortOnDrop(follow(progress.clone(), ctx.clone()));
     let pr = progress.clone();
@@ -313,11 +265,11 @@ async fn direct_send_job(
     }));
     let r = (&mut task.0)
         .await
-        .map_err(|e| JobFailure::new("internal", e.to_string()))?;
+        .map_err(|e| JobFailure::new(ErrorCode::Internal, e.to_string()))?;
     drop(follower);
     let r = r.map_err(transfer_failure)?;
     ctx.set_bytes_done(r.bytes_sent);
-    Ok(serde_json::to_value(&r).unwrap_or_default())
+    Ok(r)
 }
 
 /// Preflight of a Direct transfer: would a receive into `id` start?
@@ -331,7 +283,11 @@ pub async fn direct_check(
     s.store.ensure_new(&id)?;
     let dest = s.store.path(&id);
     direct::check_destination(&dest).map_err(|e| ApiError::conflict(e.to_string()))?;
-    Ok(axum::Json(serde_json::json!({"checkpoint_id": id, "ready": true})).into_response())
+    Ok(axum::Json(ReceiveReady {
+        checkpoint_id: id,
+        ready: true,
+    })
+    .into_response())
 }
 
 /// The receiving end: the request body is the stream. The work runs as a
@@ -351,11 +307,11 @@ pub async fn direct_receive(
         .get(axum::http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    if ct != direct::CONTENT_TYPE {
+    if ct != ms2m_api::wire::CONTENT_TYPE {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("Content-Type must be {}", direct::CONTENT_TYPE),
+            ErrorCode::UnsupportedMediaType,
+            format!("Content-Type must be {}", ms2m_api::wire::CONTENT_TYPE),
         ));
     }
     let dest = s.store.path(&id);
@@ -396,9 +352,10 @@ pub async fn direct_receive(
                     })?;
                 r.imported = Some(imported);
             }
-            let mut v = serde_json::to_value(&r).unwrap_or_default();
-            v["checkpoint_id"] = serde_json::json!(cid);
-            Ok(v)
+            Ok(ReceiveResult {
+                checkpoint_id: cid,
+                received: r,
+            })
         })?;
     let done = s
         .jobs
@@ -409,24 +366,26 @@ pub async fn direct_receive(
         (crate::jobs::JobStatus::Succeeded, Some(r), _) => Ok(axum::Json(r).into_response()),
         (_, _, Some(e)) if e.phase == "importing" => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
-            "image_store_error",
+            ErrorCode::ImageStoreError,
             e.message,
         )),
-        (_, _, Some(e)) if e.code == "checkpoint_too_large" => Err(ApiError::new(
+        (_, _, Some(e)) if e.code == ErrorCode::CheckpointTooLarge => Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "checkpoint_too_large",
+            ErrorCode::CheckpointTooLarge,
             e.message,
         )),
-        (_, _, Some(e)) if e.code == "transfer_error" || e.code == "invalid_archive" => {
+        (_, _, Some(e))
+            if e.code == ErrorCode::TransferError || e.code == ErrorCode::InvalidArchive =>
+        {
             Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "transfer_error",
+                ErrorCode::TransferError,
                 e.message,
             ))
         }
         (_, _, Some(e)) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "invalid_request",
+            ErrorCode::InvalidRequest,
             e.message,
         )),
         _ => Err(ApiError::internal("receive ended without a result")),
