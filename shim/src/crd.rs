@@ -91,14 +91,20 @@ fn default_phase_timeout() -> u32 {
 #[x_kube(validation = Rule::new("has(self.brokerUrl) != has(self.brokerSecretRef)").message("set exactly one of brokerUrl and brokerSecretRef"))]
 #[serde(rename_all = "camelCase")]
 pub struct MessageQueueConfig {
-    /// `amqp://user:pass@host:port/vhost`; prefer `brokerSecretRef` for credentials.
+    /// `amqp://user:pass@host:port/vhost` (RabbitMQ) or `nats://host:port` (NATS
+    /// JetStream); prefer `brokerSecretRef` for credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('amqp://')").message("brokerUrl must start with amqp://"))]
+    #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('nats://')").message("brokerUrl must start with amqp:// or nats://"))]
     #[schemars(length(max = 2048))]
     pub broker_url: Option<String>,
     /// A Secret key holding the broker URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_secret_ref: Option<SecretKeyRef>,
+    /// `RabbitMQ` or `NATS`; empty: from the broker URL's scheme. With NATS,
+    /// `exchangeName` is the stream and `queueName` the service's durable consumer on
+    /// it (docs/migration-protocol.md, "NATS JetStream").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<crate::messaging::BrokerKind>,
     /// The service's primary queue.
     #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 200 && !self.startsWith('amq.')").message("queueName must be 1-200 characters and not start with amq. (reserved)"))]
     #[schemars(length(max = 255))]

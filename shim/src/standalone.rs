@@ -29,7 +29,7 @@ use crate::engine::{
     Action, JobView, Next, Observation, Phase, Plan, Progress, QueueNames, ReplayMode, SourceView,
     StepState, Strategy, TargetView, TransferMode, leftover_checkpoints,
 };
-use crate::messaging::{ControlMessage, ManagementConfig, Messaging, MessagingError};
+use crate::messaging::{Broker, ControlMessage, ManagementConfig, MessagingError};
 
 /// Everything `migrate` needs, parsed from the command line.
 #[derive(Clone, Debug)]
@@ -216,7 +216,7 @@ struct Standalone {
     s: Settings,
     source: AgentClient,
     target: AgentClient,
-    broker: Messaging,
+    broker: std::sync::Arc<dyn Broker>,
     started: Instant,
     last_phase: Phase,
     live: bool,
@@ -579,7 +579,7 @@ impl Standalone {
     ) -> Result<(), WorldError> {
         let replay = self
             .broker
-            .queue_state(&plan.queues.replay)
+            .queue_state(&plan.queues, &plan.queues.replay)
             .await
             .map_err(mq_err)?;
         obs.replay_depth = replay.map(|q| q.ready);
@@ -587,7 +587,7 @@ impl Standalone {
         if primary {
             obs.primary_consumers = self
                 .broker
-                .queue_state(&plan.queues.primary)
+                .queue_state(&plan.queues, &plan.queues.primary)
                 .await
                 .map_err(mq_err)?
                 .map(|q| q.consumers);
@@ -645,7 +645,7 @@ pub async fn migrate_with_state(
     let mut world = Standalone {
         source: AgentClient::new(s.source_agent.clone()),
         target: AgentClient::new(s.target_agent.clone()),
-        broker: Messaging::with_management(&s.broker_url, &s.checkpoint_id, &s.management)?,
+        broker: crate::messaging::connect(&s.broker_url, None, &s.checkpoint_id, &s.management)?,
         s,
         started: Instant::now(),
         last_phase: progress.phase,

@@ -16,7 +16,7 @@ use crate::agent_client::{
 use crate::crd::StatefulMigrationSpec;
 use crate::driver::WorldError;
 use crate::engine::{JobView, QueueNames};
-use crate::messaging::{ControlMessage, Messaging, MessagingError, QueueState};
+use crate::messaging::{Broker, ControlMessage, MessagingError, QueueState};
 
 use super::api_calls::{self, ApiCall};
 
@@ -147,7 +147,7 @@ pub struct ClusterBackends {
     client: Client,
     discovery: AgentDiscovery,
     token: Mutex<Option<String>>,
-    brokers: Mutex<HashMap<String, Arc<Messaging>>>,
+    brokers: Mutex<HashMap<String, Arc<dyn Broker>>>,
 }
 
 /// Documents which table entry a call site uses.
@@ -292,7 +292,7 @@ impl ClusterBackends {
             })
     }
 
-    async fn broker(&self, m: &MigrationRef) -> Result<Arc<Messaging>, WorldError> {
+    async fn broker(&self, m: &MigrationRef) -> Result<Arc<dyn Broker>, WorldError> {
         let mut brokers = self.brokers.lock().await;
         if let Some(b) = brokers.get(&m.uid) {
             return Ok(b.clone());
@@ -303,14 +303,13 @@ impl ClusterBackends {
             (None, Some(r)) => self.secret_key(&m.namespace, &r.name, &r.key).await?,
             (None, None) => return Err(WorldError::permanent("no broker configured")),
         };
-        let b = Arc::new(
-            Messaging::with_management(
-                &url,
-                &format!("{}/{}", m.namespace, m.name),
-                &mq.management(),
-            )
-            .map_err(mq_err)?,
-        );
+        let b = crate::messaging::connect(
+            &url,
+            mq.broker,
+            &format!("{}/{}", m.namespace, m.name),
+            &mq.management(),
+        )
+        .map_err(mq_err)?;
         brokers.insert(m.uid.clone(), b.clone());
         Ok(b)
     }
@@ -333,7 +332,7 @@ impl Backends for ClusterBackends {
     ) -> Result<Option<QueueState>, WorldError> {
         self.broker(m)
             .await?
-            .queue_state(queue)
+            .queue_state(&m.queues, queue)
             .await
             .map_err(mq_err)
     }

@@ -29,9 +29,12 @@ use amqprs::{
 };
 
 mod backlog;
+mod broker;
 mod management;
+pub mod nats;
 
 pub use backlog::{BacklogCheck, pre_binding_backlog};
+pub use broker::{Broker, BrokerKind, connect};
 pub use management::{Binding, Management, ManagementConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
@@ -102,7 +105,7 @@ impl ControlMessage {
         }
     }
 
-    fn step_name(&self) -> &'static str {
+    pub(crate) fn step_name(&self) -> &'static str {
         match self {
             ControlMessage::StartReplay { .. } => "start-replay",
             ControlMessage::EndReplay => "end-replay",
