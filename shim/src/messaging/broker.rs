@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BacklogCheck, ControlMessage, ManagementConfig, Messaging, MessagingError, QueueState,
-    Result, nats::NatsMessaging,
+    BacklogCheck, ControlMessage, ManagementConfig, Messaging, MessagingError, QueueState, Result,
+    nats::NatsMessaging,
 };
 use crate::engine::QueueNames;
 
@@ -131,8 +131,14 @@ mod tests {
 
     #[test]
     fn the_scheme_picks_the_broker() {
-        assert_eq!(BrokerKind::from_url("nats://h:4222").unwrap(), BrokerKind::Nats);
-        assert_eq!(BrokerKind::from_url("amqp://h").unwrap(), BrokerKind::RabbitMQ);
+        assert_eq!(
+            BrokerKind::from_url("nats://h:4222").unwrap(),
+            BrokerKind::Nats
+        );
+        assert_eq!(
+            BrokerKind::from_url("amqp://h").unwrap(),
+            BrokerKind::RabbitMQ
+        );
         assert!(BrokerKind::from_url("http://h").is_err());
         let k: BrokerKind = serde_json::from_str("\"NATS\"").unwrap();
         assert_eq!(k, BrokerKind::Nats);

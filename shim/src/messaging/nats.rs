@@ -230,8 +230,11 @@ impl NatsMessaging {
                 text: format!("no consumer {} on stream {}", q.primary, q.exchange),
             })?;
         let start = primary.ack_floor.stream_sequence + 1;
-        self.create(&stream, Self::replay_config(&primary.config, &replay, start))
-            .await?;
+        self.create(
+            &stream,
+            Self::replay_config(&primary.config, &replay, start),
+        )
+        .await?;
         info!(stream = %q.exchange, %replay, start, "replay consumer created");
         Ok(())
     }
@@ -277,15 +280,15 @@ impl NatsMessaging {
         })
     }
 
-    /// Current state of a consumer, as the engine reads a queue: `ready` is what the
-    /// consumer still owes its client (unacknowledged deliveries, plus undelivered
-    /// messages while a client is bound), `consumers` is 1 while a client is bound (a
-    /// push consumer's subscription, or a pull consumer's waiting request).
+    /// Current state of a consumer, as the engine reads a queue. `consumers` is 1 while
+    /// a client is bound (a push consumer's subscription, or a pull consumer's waiting
+    /// request); `ready` is what the consumer still owes that client (undelivered plus
+    /// unacknowledged), and 0 while nobody is bound.
     ///
-    /// Undelivered messages count only while a client is bound: after `END_REPLAY` the
-    /// target leaves the replay consumer, which keeps matching new messages; those are
-    /// delivered by the primary consumer after the cut, they are not the target's
-    /// backlog on the replay consumer.
+    /// Unbound, nothing is owed to anyone: after `END_REPLAY` the target leaves the
+    /// replay consumer, which keeps matching new messages and keeps what the target had
+    /// received but not processed unacknowledged; all of that lies after the replay
+    /// consumer's acknowledgement floor, where the primary consumer restarts at the cut.
     pub async fn queue_state(&self, q: &QueueNames, queue: &str) -> Result<Option<QueueState>> {
         let Some(info) = self.consumer(q, &jetstream_name(queue)).await? else {
             return Ok(None);
@@ -327,8 +330,9 @@ impl NatsMessaging {
     /// The cut, then the replay consumer's deletion. When the primary consumer was
     /// fenced, it is created again from its saved configuration, starting after the
     /// replay consumer's acknowledgement floor: the target acknowledged (applied)
-    /// everything up to there from the replay consumer, and the engine calls this only
-    /// once the target left it with nothing unacknowledged. During a rollback the
+    /// everything up to there from the replay consumer, and nothing after it (what it
+    /// received and left unacknowledged, it did not apply). The engine calls this once
+    /// the target has left the replay consumer. During a rollback the
     /// primary still exists and only the replay consumer goes.
     pub async fn delete_replay(&self, q: &QueueNames) -> Result<()> {
         let stream = self.stream(&q.exchange).await?;
@@ -338,15 +342,12 @@ impl NatsMessaging {
         };
         let primary = not_found(stream.consumer_info(&q.primary).await, "consumer.info")?;
         if primary.is_none() {
-            if r.push_bound || r.num_ack_pending > 0 {
-                // The target came back (a reconnect) or holds deliveries: cutting now
-                // could hand a message to both consumers. Try again next round.
+            if r.push_bound || r.num_waiting > 0 {
+                // The target is (again) bound: cutting now could hand a message to both
+                // consumers. Try again next round.
                 return Err(MessagingError::Operation {
                     op: "cut",
-                    message: format!(
-                        "replay consumer {replay} still bound or holding {} unacknowledged",
-                        r.num_ack_pending
-                    ),
+                    message: format!("the target is still bound to {replay}"),
                 });
             }
             let mut config = Self::saved_primary(&r)?;
@@ -372,9 +373,9 @@ impl NatsMessaging {
             .map_err(|e| op("stream.create(control)")(e.to_string()))?;
         let msg = match msg {
             // The target binds the consumer by this name: send the JetStream one.
-            ControlMessage::StartReplay { payload } => ControlMessage::start_replay(
-                &jetstream_name(&payload.queue),
-            ),
+            ControlMessage::StartReplay { payload } => {
+                ControlMessage::start_replay(&jetstream_name(&payload.queue))
+            }
             other => other.clone(),
         };
         let body = serde_json::to_vec(&msg).expect("control messages serialize");
@@ -407,9 +408,12 @@ impl NatsMessaging {
 
 fn consumer_state(info: &consumer::Info) -> QueueState {
     let bound = info.push_bound || info.num_waiting > 0;
-    let owed = info.num_ack_pending as u64 + if bound { info.num_pending } else { 0 };
     QueueState {
-        ready: owed,
+        ready: if bound {
+            info.num_pending + info.num_ack_pending as u64
+        } else {
+            0
+        },
         consumers: u32::from(bound),
     }
 }
