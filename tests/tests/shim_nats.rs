@@ -160,7 +160,6 @@ fn source(
 /// `START_REPLAY`, consumes the consumer named there until `END_REPLAY` (then leaves
 /// it at once, whatever it had received but not processed), and consumes the primary
 /// consumer once it exists again.
-#[allow(clippy::too_many_arguments)]
 fn target(
     url: String,
     q: QueueNames,
@@ -249,10 +248,10 @@ async fn wait_for(
     let t = Instant::now();
     loop {
         // A server restart makes a read fail for a while: that is what retries are for.
-        if let Ok(s) = b.queue_state(q, queue).await {
-            if ok(s) {
-                return;
-            }
+        if let Ok(s) = b.queue_state(q, queue).await
+            && ok(s)
+        {
+            return;
         }
         assert!(t.elapsed() < SETTLE, "{what}: not within {SETTLE:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
