@@ -243,17 +243,24 @@ impl NatsMessaging {
     /// to the primary's current acknowledgement floor: the closer that read is to the
     /// freeze, the fewer messages a non-deduplicating target applies twice. Nothing has
     /// to wait (the stream retains every message the replay consumer needs), so the
-    /// check is always settled.
+    /// check is settled as soon as the replay consumer exists.
     pub async fn pre_binding_backlog(&self, q: &QueueNames) -> Result<BacklogCheck> {
         let stream = self.stream(&q.exchange).await?;
         let replay = jetstream_name(&q.replay);
-        let (Some(r), Some(p)) = (
-            not_found(stream.consumer_info(&replay).await, "consumer.info")?,
-            not_found(stream.consumer_info(&q.primary).await, "consumer.info")?,
-        ) else {
+        let Some(r) = not_found(stream.consumer_info(&replay).await, "consumer.info")? else {
+            // A driver that died between the delete and the create below: create it
+            // again, at the current floor.
+            self.ensure_replay_topology(q).await?;
             return Ok(BacklogCheck {
-                settled: true,
-                detail: "replay or primary consumer missing: nothing to move".into(),
+                settled: false,
+                detail: "replay consumer created again".into(),
+            });
+        };
+        let Some(p) = not_found(stream.consumer_info(&q.primary).await, "consumer.info")? else {
+            return Err(MessagingError::Refused {
+                op: "consumer.info(primary)",
+                code: 404,
+                text: format!("no consumer {} on stream {}", q.primary, q.exchange),
             });
         };
         let start = match r.config.deliver_policy {
