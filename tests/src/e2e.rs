@@ -21,6 +21,7 @@ use crate::bundle::Bundle;
 use crate::process::run;
 
 pub mod agents;
+pub mod nats;
 mod scenario;
 pub use scenario::{
     Driver, HTTP_PORT, Migrated, Scenario, ScenarioReport, ScenarioSpec, Strategy, dir_size,
@@ -380,6 +381,15 @@ pub struct QueueCleanup {
 
 impl Drop for QueueCleanup {
     fn drop(&mut self) {
+        if self.broker.amqp_url.starts_with("nats://") {
+            let control: Vec<String> = self
+                .queues
+                .iter()
+                .filter(|q| q.starts_with("ms2m.control."))
+                .cloned()
+                .collect();
+            return nats::cleanup(&self.broker.amqp_url, &control, &self.exchanges);
+        }
         let bins = sample_binaries();
         let targets = self
             .queues
