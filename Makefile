@@ -4,8 +4,8 @@
 test:            ## set up the machine, start services, run the whole suite, stop them
 	bash scripts/test.sh
 
-demo:            ## the main job on the embedded two-node default (no cluster needed)
-	bash scripts/demo.sh
+demo:            ## the main job on the embedded two-node default (no cluster needed); make demo BROKER=nats
+	bash scripts/demo.sh $(if $(BROKER),--broker $(BROKER))
 
 bench:           ## benchmarks against buildah, skopeo, zstd/pigz and the raw upload limit
 	bash scripts/bench.sh

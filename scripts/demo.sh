@@ -8,6 +8,8 @@
 # Everything is torn down at the end, also on failure or Ctrl-C. Idempotent.
 #   scripts/demo.sh [ms2m-demo flags]   e.g. --strategy stop-and-copy, --transfer direct,
 #                                       --rate 50 --delay-ms 10, --ballast-mib 512
+#                                       --broker nats (NATS JetStream instead of RabbitMQ;
+#                                       `make demo BROKER=nats`)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

@@ -8,10 +8,12 @@
 //! ```text
 //! ms2m-demo [--strategy shadowpod|stop-and-copy] [--transfer registry|direct]
 //!           [--replay-mode cutoff|drain] [--rate MSG_PER_S] [--total N]
-//!           [--delay-ms MS] [--ballast-mib MIB] [--warmup N] [--quiet]
+//!           [--delay-ms MS] [--ballast-mib MIB] [--warmup N] [--broker rabbitmq|nats]
+//!           [--quiet]
 //! ```
 //! Needs root, CRIU, runc, and the services `scripts/demo.sh` starts
-//! (MS2M_TEST_REGISTRY, MS2M_TEST_AMQP_URL, MS2M_CRIU). Exit status 1 when a message
+//! (MS2M_TEST_REGISTRY, MS2M_TEST_AMQP_URL or with `--broker nats` MS2M_NATS_URL,
+//! MS2M_CRIU). Exit status 1 when a message
 //! was lost or applied twice. Stop-and-copy (the papers' baseline) goes over the agents'
 //! HTTP API, since the standalone driver only does ShadowPod.
 
@@ -20,6 +22,7 @@ use std::process::ExitCode;
 use ms2m_tests::e2e::agents::{
     Agents, ReplayMode, ShimOptions, Transfer, migrate_stop_and_copy_via_agents, migrate_with_shim,
 };
+use ms2m_tests::e2e::nats::BrokerKind;
 use ms2m_tests::e2e::{Driver, Scenario, ScenarioSpec, Strategy};
 use serde_json::{Value, json};
 
@@ -27,6 +30,7 @@ struct Args {
     strategy: Strategy,
     shim: ShimOptions,
     spec: ScenarioSpec,
+    broker: BrokerKind,
     quiet: bool,
 }
 
@@ -34,7 +38,7 @@ fn usage(msg: &str) -> ! {
     eprintln!(
         "ms2m-demo: {msg}\nusage: ms2m-demo [--strategy shadowpod|stop-and-copy] \
          [--transfer registry|direct] [--replay-mode cutoff|drain] [--rate N] [--total N] \
-         [--delay-ms MS] [--ballast-mib MIB] [--warmup N] [--quiet]"
+         [--delay-ms MS] [--ballast-mib MIB] [--warmup N] [--broker rabbitmq|nats] [--quiet]"
     );
     std::process::exit(2)
 }
@@ -53,6 +57,7 @@ fn parse() -> Args {
             warmup: 30,
             consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
         },
+        broker: BrokerKind::RabbitMq,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -90,6 +95,13 @@ fn parse() -> Args {
                     _ => usage("--replay-mode is cutoff or drain"),
                 }
             }
+            "--broker" => {
+                a.broker = match val.as_str() {
+                    "rabbitmq" => BrokerKind::RabbitMq,
+                    "nats" => BrokerKind::Nats,
+                    _ => usage("--broker is rabbitmq or nats"),
+                }
+            }
             "--rate" => a.spec.rate = num(&val),
             "--total" => a.spec.total = num(&val) as u64,
             "--delay-ms" => a.spec.delay_ms = num(&val) as u64,
@@ -99,6 +111,10 @@ fn parse() -> Args {
         }
     }
     a.spec.strategy = a.strategy;
+    if a.strategy == Strategy::StopAndCopy && a.broker == BrokerKind::Nats {
+        // That path sends END_REPLAY with the AMQP control tool.
+        usage("--strategy stop-and-copy runs on RabbitMQ only");
+    }
     if a.spec.warmup >= a.spec.total {
         usage("--warmup must be below --total");
     }
@@ -119,6 +135,7 @@ fn mb(bytes: u64) -> String {
 }
 
 fn print_human(s: &Value) {
+    println!("broker:          {}", s["broker"].as_str().unwrap_or("?"));
     println!(
         "driver:          {}",
         s["details"]["driver"].as_str().unwrap_or("?")
@@ -172,14 +189,18 @@ fn main() -> ExitCode {
             "[demo] two nodes, one agent each, consumer on nodeA; migrating to nodeB ({strategy:?})"
         );
     }
-    let sc = Scenario::start_for(args.spec.clone(), Driver::Agents);
+    let sc = Scenario::start_on(args.spec.clone(), Driver::Agents, args.broker);
     let agents = Agents::start(&sc, None);
     let report = sc.run(|sc| match strategy {
         Strategy::ShadowPod => migrate_with_shim(sc, &agents, &args.shim),
         Strategy::StopAndCopy => migrate_stop_and_copy_via_agents(sc, &agents),
     });
     drop(agents);
-    let s = report.summary;
+    let mut s = report.summary;
+    s["broker"] = json!(match args.broker {
+        BrokerKind::RabbitMq => "RabbitMQ",
+        BrokerKind::Nats => "NATS JetStream",
+    });
     let ok = s["lost"] == 0 && s["applied_twice"] == 0 && s["sum_matches"] == true;
     if !args.quiet {
         print_human(&s);
