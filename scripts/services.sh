@@ -20,6 +20,7 @@ AMQP_PORT=${MS2M_AMQP_PORT:-5672}
 DIST_PORT=$((AMQP_PORT + 20000))
 MGMT_PORT=$((AMQP_PORT + 10000))
 NATS_PORT=${MS2M_NATS_PORT:-4222}
+AMQPS_PORT=$((AMQP_PORT + 30000))
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
@@ -63,6 +64,29 @@ rabbit_env() {
     RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
 
+# A private CA, the broker's certificate (127.0.0.1, localhost) and a client
+# certificate, for the amqps:// listener. Made once per run dir.
+make_broker_tls() {
+  local t=$1 ssl=(openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes)
+  [ -s "$t/client/tls.key" ] && return 0
+  command -v openssl >/dev/null || die "openssl missing: run scripts/setup.sh"
+  mkdir -p "$t/client"
+  (
+    cd "$t"
+    "${ssl[@]}" -x509 -keyout ca.key -out ca.crt -days 3650 -subj /CN=ms2m-test-broker-ca
+    "${ssl[@]}" -keyout server.key -out server.csr -subj /CN=localhost
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' > server.ext
+    openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -extfile server.ext -out server.crt -days 3650
+    "${ssl[@]}" -keyout client/tls.key -out client.csr -subj /CN=ms2m-shim
+    # Extensions make it an X.509 v3 certificate, which is all rustls accepts.
+    printf 'extendedKeyUsage=clientAuth\n' > client.ext
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+      -extfile client.ext -out client/tls.crt -days 3650
+    cp ca.crt client/ca.crt
+  ) >/dev/null 2>&1 || die "could not make the broker's test certificates under $t"
+}
+
 start_rabbitmq() {
   local d=$RUN/rabbitmq
   mkdir -p "$d/mnesia" "$d/log"
@@ -73,8 +97,15 @@ start_rabbitmq() {
     # The management plugin is a broker prerequisite of the protocol: the cut-over reads
     # an exchange's current bindings there.
     echo '[rabbitmq_management].' > "$d/enabled_plugins"
+    make_broker_tls "$d/tls"
+    # amqps:// beside amqp://: client certificates are verified when presented, not
+    # required, so a client trusting the CA alone connects too.
     printf '%s\n' "loopback_users = none" "listeners.tcp.default = 127.0.0.1:$AMQP_PORT" \
-      "management.tcp.ip = 127.0.0.1" "management.tcp.port = $MGMT_PORT" > "$d/rabbitmq.conf"
+      "management.tcp.ip = 127.0.0.1" "management.tcp.port = $MGMT_PORT" \
+      "listeners.ssl.default = 127.0.0.1:$AMQPS_PORT" \
+      "ssl_options.cacertfile = $d/tls/ca.crt" "ssl_options.certfile = $d/tls/server.crt" \
+      "ssl_options.keyfile = $d/tls/server.key" "ssl_options.verify = verify_peer" \
+      "ssl_options.fail_if_no_peer_cert = false" > "$d/rabbitmq.conf"
     cp /var/lib/rabbitmq/.erlang.cookie "$d/.erlang.cookie" 2>/dev/null || true
     setsid /usr/lib/rabbitmq/bin/rabbitmq-server >"$d/server.log" 2>&1 < /dev/null &
     echo $! > "$d/pid"
@@ -83,7 +114,8 @@ start_rabbitmq() {
   (rabbit_env; timeout 60 /usr/lib/rabbitmq/bin/rabbitmqctl -q await_startup >/dev/null 2>&1) \
     || die "rabbitmq-server did not finish starting (log: $d/server.log)"
   wait_port 127.0.0.1 "$MGMT_PORT" 30 "rabbitmq management API"
-  log "rabbitmq on 127.0.0.1:$AMQP_PORT"
+  wait_port 127.0.0.1 "$AMQPS_PORT" 30 "rabbitmq amqps listener"
+  log "rabbitmq on 127.0.0.1:$AMQP_PORT (amqps: $AMQPS_PORT)"
 }
 
 start_nats() {
@@ -127,6 +159,9 @@ stop_rabbitmq() {
 print_env() {
   echo "export MS2M_TEST_REGISTRY=127.0.0.1:$REG_PORT"
   echo "export MS2M_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/%2f"
+  # The same broker over TLS, and the CA + client certificate to reach it.
+  echo "export MS2M_TEST_AMQPS_URL=amqps://guest:guest@127.0.0.1:$AMQPS_PORT/%2f"
+  echo "export MS2M_TEST_BROKER_TLS_DIR=$RUN/rabbitmq/tls/client"
   # Read by ms2m-shim (and the tests) as the broker's management API.
   echo "export MS2M_MANAGEMENT_URL=http://127.0.0.1:$MGMT_PORT"
   echo "export MS2M_NATS_URL=nats://127.0.0.1:$NATS_PORT"

@@ -376,3 +376,44 @@ mod tests {
         assert!(!rootfs.join("stolen").exists());
     }
 }
+
+/// A diff is peer input: a checkpoint from another node. The #13 attack on layers (a
+/// symlink the archive plants, then a hard link through it) must not work here either.
+#[cfg(test)]
+mod hostile {
+    use super::*;
+
+    #[test]
+    fn a_hard_link_through_a_planted_symlink_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let rootfs = t.path().join("rootfs");
+        fs::create_dir_all(&rootfs).unwrap();
+        let secret_dir = t.path().join("host");
+        fs::create_dir_all(&secret_dir).unwrap();
+        fs::write(secret_dir.join("secret"), "host secret").unwrap();
+        let tarp = t.path().join("rootfs-diff.tar");
+        {
+            let mut b = tar::Builder::new(fs::File::create(&tarp).unwrap());
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_size(0);
+            h.set_mode(0o777);
+            b.append_link(&mut h, "d", &secret_dir).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            h.set_mode(0o644);
+            b.append_link(&mut h, "stolen", "d/secret").unwrap();
+            b.finish().unwrap();
+        }
+        let err = apply(Some(&tarp), None, &rootfs).unwrap_err();
+        // tar's own error chain says why: the link source resolves outside the rootfs.
+        let why = format!("{err:?}");
+        assert!(err.to_string().contains("\"stolen\""), "{err}");
+        assert!(why.contains("outside of destination"), "{why}");
+        assert!(
+            fs::symlink_metadata(rootfs.join("stolen")).is_err(),
+            "the host file was linked into the rootfs"
+        );
+    }
+}

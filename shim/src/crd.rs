@@ -5,6 +5,7 @@
 //! the controller acts, so a bad value fails the migration in `Pending` with the same
 //! message even on clusters that don't evaluate CEL.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -32,7 +33,7 @@ pub const DEFAULT_PHASE_TIMEOUT_SECONDS: u32 = 300;
     status = "StatefulMigrationStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Source","type":"string","jsonPath":".status.sourceNode"}"#,
-    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetNode"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.targetNode"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("self.spec == oldSelf.spec").message("spec is immutable: delete the migration and create a new one")
 )]
@@ -48,34 +49,126 @@ pub struct StatefulMigrationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 63))]
     pub container_name: Option<String>,
-    /// The node to migrate to.
-    #[x_kube(validation = Rule::new("self.size() > 0").message("targetNode must name a node"))]
+    /// The node to migrate to. Omitted or empty: the controller picks one (see
+    /// `controller::target_node`: a Ready, schedulable node other than the source's that
+    /// runs an agent, with the most free allocatable memory, ties broken by name) and
+    /// records it in `status.targetNode`.
+    #[serde(
+        default,
+        deserialize_with = "empty_as_default",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[schemars(length(max = 253))]
-    pub target_node: String,
+    pub target_node: Option<String>,
     /// Repository the checkpoint image is pushed to, e.g. `registry.local:5000/ms2m/checkpoints`
     /// (transferMode Registry; unused with Direct).
     #[serde(default)]
     #[schemars(length(max = 255))]
     pub checkpoint_image_repository: String,
     /// Cutoff mode: longest time the source keeps serving while the target replays.
+    /// `0`: no cutoff, the source stops once the target has caught up (as in the
+    /// reference implementation); the phase timeout still bounds the replay.
     #[serde(default = "default_replay_cutoff")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("replayCutoffSeconds must be between 1 and 3600"))]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 3600").message("replayCutoffSeconds must be between 0 (no cutoff) and 3600"))]
     pub replay_cutoff_seconds: u32,
-    #[serde(default)]
+    /// Empty: `Cutoff`.
+    #[serde(default, deserialize_with = "empty_as_default")]
+    #[schemars(schema_with = "enum_or_empty::<ReplayMode>")]
     pub replay_mode: ReplayMode,
-    /// Empty: Sequential for StatefulSet pods, ShadowPod otherwise.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Empty or omitted: Sequential for StatefulSet pods, ShadowPod otherwise.
+    #[serde(
+        default,
+        deserialize_with = "empty_as_default",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(schema_with = "enum_or_empty::<Strategy>")]
     pub migration_strategy: Option<Strategy>,
     /// `Registry`: pushed to `checkpointImageRepository`, pulled by the target node.
     /// `Direct`: sent agent to agent and imported into the target node's image store as
     /// `localhost/ms2m/<namespace>/<name>:<checkpoint id>`; no registry involved.
-    #[serde(default)]
+    /// Empty: `Registry`.
+    #[serde(default, deserialize_with = "empty_as_default")]
+    #[schemars(schema_with = "enum_or_empty::<TransferMode>")]
     pub transfer_mode: TransferMode,
+    /// The reference implementation's StatefulSet identity swap: `None` (default, also
+    /// empty), `ExchangeFence` or `Cutoff`. Accepted so its CRs apply unchanged. The swap
+    /// itself is not implemented yet: a ShadowPod migration of a StatefulSet pod that asks
+    /// for it fails in Pending, touching nothing; other pods ignore it.
+    #[serde(
+        default,
+        deserialize_with = "empty_as_default",
+        skip_serializing_if = "IdentitySwapMode::is_none"
+    )]
+    #[schemars(schema_with = "enum_or_empty::<IdentitySwapMode>")]
+    pub identity_swap_mode: IdentitySwapMode,
     /// Longest time one phase may take before the migration fails and rolls back.
     #[serde(default = "default_phase_timeout")]
     #[x_kube(validation = Rule::new("self >= 10 && self <= 86400").message("phaseTimeoutSeconds must be between 10 and 86400"))]
     pub phase_timeout_seconds: u32,
     pub message_queue_config: MessageQueueConfig,
+}
+
+/// What happens to a StatefulSet pod's identity after a ShadowPod migration.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IdentitySwapMode {
+    /// The target keeps its own name; the StatefulSet is scaled down by one.
+    #[default]
+    None,
+    /// Hand the StatefulSet's name back to a pod restored from the target, switching the
+    /// queues with the exchange fence. Not implemented yet: a ShadowPod migration of a
+    /// StatefulSet pod that asks for it fails in `Pending` (nothing is touched) with a
+    /// message that says so. Ignored for pods no StatefulSet owns, as in the reference.
+    ExchangeFence,
+    /// The same swap with a time-based mini-replay cutoff; as `ExchangeFence`.
+    Cutoff,
+}
+
+impl IdentitySwapMode {
+    pub fn is_none(&self) -> bool {
+        *self == IdentitySwapMode::None
+    }
+}
+
+/// Reads an absent, `null` or empty-string value as the type's default: the reference
+/// implementation's Go types use `omitempty` strings, whose zero value `""` means "the
+/// default", and its users write `transferMode: ""` in templated CRs.
+fn empty_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    if v.is_null() || v.as_str() == Some("") {
+        return Ok(T::default());
+    }
+    T::deserialize(v).map_err(serde::de::Error::custom)
+}
+
+/// `T`'s string enum with `""` added, so the API server's schema accepts the empty value
+/// that [`empty_as_default`] reads as the default.
+fn enum_or_empty<T: JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let schema = T::json_schema(generator);
+    // schemars writes a unit-variant enum as `enum: [...]`, or as `oneOf` of `const`s
+    // when the variants are documented; either way the values are strings.
+    let mut values: Vec<serde_json::Value> = Vec::new();
+    let mut collect = |s: &serde_json::Value| {
+        if let Some(c) = s.get("const") {
+            values.push(c.clone());
+        }
+        if let Some(e) = s.get("enum").and_then(|e| e.as_array()) {
+            values.extend(e.iter().cloned());
+        }
+    };
+    collect(schema.as_value());
+    if let Some(variants) = schema.get("oneOf").and_then(|o| o.as_array()) {
+        variants.iter().for_each(&mut collect);
+    }
+    values.push("".into());
+    let mut out = serde_json::json!({"type": "string", "enum": values});
+    if let Some(d) = schema.get("description") {
+        out["description"] = d.clone();
+    }
+    schemars::Schema::try_from(out).expect("an object is a schema")
 }
 
 fn default_replay_cutoff() -> u32 {
@@ -93,10 +186,11 @@ fn default_phase_timeout() -> u32 {
 #[x_kube(validation = Rule::new("!has(self.broker) || !has(self.brokerUrl) || ((self.broker == 'NATS') == self.brokerUrl.startsWith('nats://'))").message("broker NATS goes with a nats:// brokerUrl, RabbitMQ with amqp://"))]
 #[serde(rename_all = "camelCase")]
 pub struct MessageQueueConfig {
-    /// `amqp://user:pass@host:port/vhost` (RabbitMQ) or `nats://host:port` (NATS
-    /// JetStream); prefer `brokerSecretRef` for credentials.
+    /// `amqp://user:pass@host:port/vhost` (RabbitMQ), `amqps://` for TLS (see
+    /// `tlsSecretRef`), or `nats://host:port` (NATS JetStream); prefer `brokerSecretRef`
+    /// for credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('nats://')").message("brokerUrl must start with amqp:// or nats://"))]
+    #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('amqps://') || self.startsWith('nats://')").message("brokerUrl must start with amqp://, amqps:// or nats://"))]
     #[schemars(length(max = 2048))]
     pub broker_url: Option<String>,
     /// A Secret key holding the broker URL.
@@ -107,6 +201,12 @@ pub struct MessageQueueConfig {
     /// it (docs/migration-protocol.md, "NATS JetStream").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker: Option<BrokerKind>,
+    /// For an `amqps://` broker: a Secret in the migration's namespace in the
+    /// `kubernetes.io/tls` layout: `ca.crt` (the CA that signed the broker's certificate;
+    /// without it the system's roots are trusted) and optionally `tls.crt` + `tls.key`
+    /// (a client certificate). A cert-manager Certificate's Secret fits as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_secret_ref: Option<SecretRef>,
     /// The service's primary queue.
     #[x_kube(validation = Rule::new("self.size() > 0 && self.size() <= 200 && !self.startsWith('amq.')").message("queueName must be 1-200 characters and not start with amq. (reserved)"))]
     #[schemars(length(max = 255))]
@@ -153,6 +253,13 @@ impl MessageQueueConfig {
     }
 }
 
+/// A Secret in the migration's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    pub name: String,
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretKeyRef {
@@ -173,12 +280,22 @@ pub struct Condition {
 }
 
 /// Observed progress. The engine's progress is flattened in, so `phase`, `sourceNode`,
-/// `checkpointID`, `phaseTimings`, ... are top-level fields.
+/// `targetNode`, `checkpointId`, `phaseRecords`, ... are top-level fields.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatefulMigrationStatus {
     #[serde(flatten)]
     pub progress: Progress,
+    /// Duration of each finished phase as a Go duration string (`"1.234s"`, `"850ms"`,
+    /// `"1m2.5s"`), keyed by phase name: the reference implementation's shape, which its
+    /// users' scripts read (`jq .status.phaseTimings.Checkpointing`). Derived from
+    /// `phaseRecords`, which has the start times too.
+    #[serde(
+        default,
+        deserialize_with = "map_or_nothing",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub phase_timings: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -186,9 +303,72 @@ pub struct StatefulMigrationStatus {
 }
 
 impl StatefulMigrationStatus {
+    pub fn new(
+        progress: Progress,
+        conditions: Vec<Condition>,
+        observed_generation: Option<i64>,
+    ) -> Self {
+        Self {
+            phase_timings: phase_timings_map(&progress),
+            progress,
+            conditions,
+            observed_generation,
+        }
+    }
+
     pub fn phase(&self) -> Phase {
         self.progress.phase
     }
+}
+
+/// `status.phaseTimings`: each finished phase's duration, as Go prints a
+/// `time.Duration` rounded to milliseconds. A phase entered twice (a resumed driver)
+/// counts once per entry, summed.
+pub fn phase_timings_map(p: &Progress) -> BTreeMap<String, String> {
+    let mut ms: BTreeMap<&str, u64> = BTreeMap::new();
+    for t in &p.phase_timings {
+        if let Some(d) = t.duration_ms {
+            *ms.entry(t.phase.as_str()).or_default() += d;
+        }
+    }
+    ms.into_iter()
+        .map(|(phase, d)| (phase.to_owned(), go_duration_ms(d)))
+        .collect()
+}
+
+/// Go's `time.Duration.String()` for a whole number of milliseconds: `0s`, `850ms`,
+/// `1.234s`, `1m2.5s`, `1h0m0s`.
+pub fn go_duration_ms(ms: u64) -> String {
+    if ms == 0 {
+        return "0s".into();
+    }
+    if ms < 1000 {
+        return format!("{ms}ms");
+    }
+    let (h, rest) = (ms / 3_600_000, ms % 3_600_000);
+    let (m, rest) = (rest / 60_000, rest % 60_000);
+    let (s, frac) = (rest / 1000, rest % 1000);
+    let mut secs = s.to_string();
+    if frac > 0 {
+        let f = format!("{frac:03}");
+        secs.push('.');
+        secs.push_str(f.trim_end_matches('0'));
+    }
+    match (h, m) {
+        (0, 0) => format!("{secs}s"),
+        (0, m) => format!("{m}m{secs}s"),
+        (h, m) => format!("{h}h{m}m{secs}s"),
+    }
+}
+
+/// Reads a map, and anything else (the array an older ms2m wrote under the same name)
+/// as empty: the map is derived, so nothing is lost.
+fn map_or_nothing<'de, D>(d: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(v).unwrap_or_default())
 }
 
 /// A spec value the API server should have refused (or one CEL could not express).
@@ -203,9 +383,6 @@ impl StatefulMigrationSpec {
         if self.source_pod.is_empty() || self.source_pod.len() > 253 {
             return bad("sourcePod must be a pod name (1-253 characters)");
         }
-        if self.target_node.is_empty() {
-            return bad("targetNode must name a node");
-        }
         let repo = &self.checkpoint_image_repository;
         if self.transfer_mode == TransferMode::Registry
             && (repo.is_empty() || repo.contains('@') || repo.ends_with('/'))
@@ -214,8 +391,8 @@ impl StatefulMigrationSpec {
                 "checkpointImageRepository must be a repository without tag or digest, e.g. registry:5000/ms2m/checkpoints (required with transferMode Registry)",
             );
         }
-        if !(1..=3600).contains(&self.replay_cutoff_seconds) {
-            return bad("replayCutoffSeconds must be between 1 and 3600");
+        if self.replay_cutoff_seconds > 3600 {
+            return bad("replayCutoffSeconds must be between 0 (no cutoff) and 3600");
         }
         if !(10..=86400).contains(&self.phase_timeout_seconds) {
             return bad("phaseTimeoutSeconds must be between 10 and 86400");
@@ -225,8 +402,11 @@ impl StatefulMigrationSpec {
             return bad("set exactly one of brokerUrl and brokerSecretRef");
         }
         if let Some(url) = &mq.broker_url {
-            if !url.starts_with("amqp://") && !url.starts_with("nats://") {
-                return bad("brokerUrl must start with amqp:// or nats://");
+            if !url.starts_with("amqp://")
+                && !url.starts_with("amqps://")
+                && !url.starts_with("nats://")
+            {
+                return bad("brokerUrl must start with amqp://, amqps:// or nats://");
             }
             if mq
                 .broker
@@ -247,8 +427,10 @@ impl StatefulMigrationSpec {
         Ok(())
     }
 
-    pub fn replay_cutoff(&self) -> Duration {
-        Duration::from_secs(self.replay_cutoff_seconds.into())
+    /// `None`: no cutoff (`replayCutoffSeconds: 0`).
+    pub fn replay_cutoff(&self) -> Option<Duration> {
+        (self.replay_cutoff_seconds > 0)
+            .then(|| Duration::from_secs(self.replay_cutoff_seconds.into()))
     }
 
     pub fn phase_timeout(&self) -> Duration {
@@ -351,13 +533,16 @@ mod tests {
     fn bad_values_are_refused_with_clear_messages() {
         let cases: Vec<(&str, serde_json::Value, &str)> = vec![
             ("/sourcePod", json!(""), "sourcePod must be a pod name"),
-            ("/targetNode", json!(""), "targetNode must name a node"),
             (
                 "/checkpointImageRepository",
                 json!("reg/x@sha256:00"),
                 "without tag or digest",
             ),
-            ("/replayCutoffSeconds", json!(0), "between 1 and 3600"),
+            (
+                "/replayCutoffSeconds",
+                json!(3601),
+                "between 0 (no cutoff) and 3600",
+            ),
             ("/phaseTimeoutSeconds", json!(5), "between 10 and 86400"),
             (
                 "/messageQueueConfig/queueName",
@@ -367,7 +552,7 @@ mod tests {
             (
                 "/messageQueueConfig/brokerUrl",
                 json!("http://x"),
-                "must start with amqp:// or nats://",
+                "must start with amqp://, amqps:// or nats://",
             ),
         ];
         for (path, value, message) in cases {
@@ -450,6 +635,124 @@ mod tests {
         let text = crd.to_string();
         assert!(text.contains("x-kubernetes-validations"));
         assert!(text.contains("spec is immutable"));
+    }
+
+    /// The reference implementation's Go types write `""` for "the default" and omit
+    /// `targetNode`; `replayCutoffSeconds: 0` means no cutoff there.
+    #[test]
+    fn zero_values_mean_what_they_mean_in_the_reference_implementation() {
+        let mut v = spec();
+        v["migrationStrategy"] = json!("");
+        v["transferMode"] = json!("");
+        v["replayMode"] = json!("");
+        v["identitySwapMode"] = json!("");
+        v["targetNode"] = json!("");
+        v["replayCutoffSeconds"] = json!(0);
+        let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(s.migration_strategy, None);
+        assert_eq!(s.transfer_mode, TransferMode::Registry);
+        assert_eq!(s.replay_mode, ReplayMode::Cutoff);
+        assert_eq!(s.identity_swap_mode, IdentitySwapMode::None);
+        assert_eq!(s.target_node, None);
+        assert_eq!(s.replay_cutoff(), None);
+        s.validate().unwrap();
+        StatefulMigrationSpec::validate_cel(&v, None).unwrap();
+        v.as_object_mut().unwrap().remove("targetNode");
+        let s: StatefulMigrationSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(s.target_node, None);
+        // Written back, the defaults are explicit and the empty values gone.
+        let back = serde_json::to_value(&s).unwrap();
+        assert_eq!(back["transferMode"], "Registry");
+        assert!(back.get("targetNode").is_none() && back.get("identitySwapMode").is_none());
+    }
+
+    #[test]
+    fn identity_swap_modes_are_accepted() {
+        for (text, mode) in [
+            ("None", IdentitySwapMode::None),
+            ("ExchangeFence", IdentitySwapMode::ExchangeFence),
+            ("Cutoff", IdentitySwapMode::Cutoff),
+        ] {
+            let mut v = spec();
+            v["identitySwapMode"] = json!(text);
+            let s: StatefulMigrationSpec = serde_json::from_value(v).unwrap();
+            assert_eq!(s.identity_swap_mode, mode);
+        }
+        let mut v = spec();
+        v["identitySwapMode"] = json!("Sometimes");
+        assert!(serde_json::from_value::<StatefulMigrationSpec>(v).is_err());
+    }
+
+    #[test]
+    fn the_schema_accepts_empty_strings_for_the_enums() {
+        let crd = serde_json::to_value(crd()).unwrap();
+        let props = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["properties"];
+        for field in [
+            "migrationStrategy",
+            "transferMode",
+            "replayMode",
+            "identitySwapMode",
+        ] {
+            let values = props[field]["enum"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{field}: {}", props[field]));
+            assert!(values.contains(&json!("")), "{field}: {values:?}");
+        }
+        let required = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["required"].to_string();
+        assert!(!required.contains("targetNode"), "{required}");
+    }
+
+    #[test]
+    fn go_durations_print_as_go_prints_them() {
+        assert_eq!(go_duration_ms(0), "0s");
+        assert_eq!(go_duration_ms(850), "850ms");
+        assert_eq!(go_duration_ms(1000), "1s");
+        assert_eq!(go_duration_ms(1234), "1.234s");
+        assert_eq!(go_duration_ms(1500), "1.5s");
+        assert_eq!(go_duration_ms(62_500), "1m2.5s");
+        assert_eq!(go_duration_ms(120_000), "2m0s");
+        assert_eq!(go_duration_ms(3_600_000), "1h0m0s");
+        assert_eq!(go_duration_ms(3_723_004), "1h2m3.004s");
+    }
+
+    #[test]
+    fn status_phase_timings_is_the_reference_map_and_records_keep_the_detail() {
+        use crate::engine::PhaseTiming;
+        let t0: jiff::Timestamp = "2026-12-02T10:00:00Z".parse().unwrap();
+        let mut p = Progress {
+            phase: Phase::Replaying,
+            ..Progress::default()
+        };
+        for (phase, ms) in [
+            (Phase::Pending, Some(12)),
+            (Phase::Checkpointing, Some(1234)),
+            (Phase::Transferring, Some(62_500)),
+            (Phase::Replaying, None),
+        ] {
+            p.phase_timings.push(PhaseTiming {
+                phase,
+                started_at: t0,
+                duration_ms: ms,
+            });
+        }
+        let st = StatefulMigrationStatus::new(p, vec![], None);
+        let v = serde_json::to_value(&st).unwrap();
+        assert_eq!(v["phaseTimings"]["Checkpointing"], "1.234s");
+        assert_eq!(v["phaseTimings"]["Transferring"], "1m2.5s");
+        assert_eq!(v["phaseTimings"]["Pending"], "12ms");
+        assert!(
+            v["phaseTimings"].get("Replaying").is_none(),
+            "still running"
+        );
+        assert_eq!(v["phaseRecords"].as_array().unwrap().len(), 4);
+        let back: StatefulMigrationStatus = serde_json::from_value(v).unwrap();
+        assert_eq!(back, st);
+        // A status an older ms2m wrote (records under `phaseTimings`) still reads.
+        let old = json!({"phase": "Replaying", "phaseTimings": [{"phase": "Pending", "startedAt": "2026-12-02T10:00:00Z", "durationMs": 5}]});
+        let st: StatefulMigrationStatus = serde_json::from_value(old).unwrap();
+        assert_eq!(st.progress.phase, Phase::Replaying);
+        assert!(st.phase_timings.is_empty());
     }
 
     #[test]

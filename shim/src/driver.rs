@@ -156,7 +156,7 @@ mod tests {
     fn plan() -> Plan {
         Plan {
             replay_mode: ReplayMode::Cutoff,
-            replay_cutoff: Duration::from_secs(30),
+            replay_cutoff: Some(Duration::from_secs(30)),
             phase_timeout: Duration::from_secs(60),
             transfer_mode: TransferMode::Registry,
             strategy: None,

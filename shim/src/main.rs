@@ -145,6 +145,10 @@ struct MigrateArgs {
     /// bindings there.
     #[arg(long, env = "MS2M_MANAGEMENT_URL")]
     management_url: Option<String>,
+    /// For an amqps:// broker: a directory with ca.crt (the broker's CA; default: the
+    /// system's roots) and optionally tls.crt + tls.key (a client certificate).
+    #[arg(long, env = "MS2M_BROKER_TLS_DIR")]
+    broker_tls_dir: Option<std::path::PathBuf>,
     /// The service's prefetch on its primary queue (0: unlimited or auto-ack). The
     /// checkpoint waits until this many post-binding messages reached the source, which
     /// proves it acknowledged every earlier one. Too high only waits longer.
@@ -164,6 +168,8 @@ struct MigrateArgs {
     control_name: Option<String>,
     #[arg(long, value_enum, default_value = "cutoff")]
     replay_mode: Mode,
+    /// Cutoff mode: longest time the source keeps serving while the target replays;
+    /// 0: no cutoff (the source stops once the target caught up).
     #[arg(long, default_value_t = 60)]
     replay_cutoff_seconds: u64,
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
@@ -226,6 +232,11 @@ fn settings(a: Box<MigrateArgs>) -> anyhow::Result<Settings> {
         management: ms2m_shim::messaging::ManagementConfig {
             url: a.management_url,
         },
+        broker_tls: a
+            .broker_tls_dir
+            .as_deref()
+            .map(ms2m_shim::messaging::BrokerTls::from_dir)
+            .transpose()?,
         source_prefetch: a.source_prefetch,
         queue: a.queue,
         exchange: a.exchange,

@@ -56,6 +56,8 @@ pub struct Settings {
     /// The broker's management API (unacknowledged counts for the pre-checkpoint
     /// condition, bindings for the cut-over).
     pub management: ManagementConfig,
+    /// TLS material for an `amqps://` broker (`--broker-tls-dir`).
+    pub broker_tls: Option<crate::messaging::BrokerTls>,
     /// The source consumer's prefetch (0: unlimited or auto-ack): the pre-checkpoint
     /// condition waits for this many post-binding deliveries.
     pub source_prefetch: u16,
@@ -631,7 +633,7 @@ pub async fn migrate_with_state(
     let queues = QueueNames::new(&s.exchange, &s.queue, &s.routing_key, &s.control_name);
     let plan = Plan {
         replay_mode: s.replay_mode,
-        replay_cutoff: s.replay_cutoff,
+        replay_cutoff: (!s.replay_cutoff.is_zero()).then_some(s.replay_cutoff),
         phase_timeout: s.phase_timeout,
         transfer_mode: s.transfer,
         strategy: Some(Strategy::ShadowPod),
@@ -645,7 +647,13 @@ pub async fn migrate_with_state(
     let mut world = Standalone {
         source: AgentClient::new(s.source_agent.clone()),
         target: AgentClient::new(s.target_agent.clone()),
-        broker: crate::messaging::connect(&s.broker_url, None, &s.checkpoint_id, &s.management)?,
+        broker: crate::messaging::connect(
+            &s.broker_url,
+            None,
+            &s.checkpoint_id,
+            &s.management,
+            s.broker_tls.as_ref(),
+        )?,
         s,
         started: Instant::now(),
         last_phase: progress.phase,
@@ -797,6 +805,7 @@ mod tests {
             direct_target_node: None,
             broker_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
             management: ManagementConfig::default(),
+            broker_tls: None,
             source_prefetch: 1,
             queue: "q".into(),
             exchange: "x".into(),

@@ -28,6 +28,23 @@ pub fn nats_url() -> String {
     required("MS2M_NATS_URL", "a nats-server with JetStream on loopback")
 }
 
+/// The same rabbitmq-server's `amqps://` listener.
+pub fn amqps_url() -> String {
+    required(
+        "MS2M_TEST_AMQPS_URL",
+        "the rabbitmq-server's TLS listener on loopback",
+    )
+}
+
+/// `ca.crt`, `tls.crt` and `tls.key` for the test broker's TLS listener.
+pub fn broker_tls_dir() -> PathBuf {
+    required(
+        "MS2M_TEST_BROKER_TLS_DIR",
+        "the test broker's CA and a client certificate",
+    )
+    .into()
+}
+
 /// The CRIU (>= 4.2) binary.
 pub fn criu() -> PathBuf {
     let p =

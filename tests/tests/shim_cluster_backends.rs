@@ -29,11 +29,12 @@ fn migration(queue: &str, exchange: &str) -> MigrationRef {
     let spec = StatefulMigrationSpec {
         source_pod: "counter-0".into(),
         container_name: None,
-        target_node: "node-b".into(),
+        target_node: Some("node-b".into()),
         checkpoint_image_repository: "registry:5000/x".into(),
         replay_cutoff_seconds: 60,
         replay_mode: ReplayMode::Cutoff,
         migration_strategy: None,
+        identity_swap_mode: Default::default(),
         transfer_mode: TransferMode::Registry,
         phase_timeout_seconds: 300,
         message_queue_config: MessageQueueConfig {
@@ -41,6 +42,7 @@ fn migration(queue: &str, exchange: &str) -> MigrationRef {
             broker_url: None,
             management_url: env::management().url,
             source_prefetch: None,
+            tls_secret_ref: None,
             broker_secret_ref: Some(SecretKeyRef {
                 name: "rabbit".into(),
                 key: "url".into(),

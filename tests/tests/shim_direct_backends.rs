@@ -69,11 +69,12 @@ fn migration() -> MigrationRef {
     let spec = StatefulMigrationSpec {
         source_pod: "counter-0".into(),
         container_name: None,
-        target_node: "node-b".into(),
+        target_node: Some("node-b".into()),
         checkpoint_image_repository: "localhost/ms2m/default/mig".into(),
         replay_cutoff_seconds: 60,
         replay_mode: ReplayMode::Cutoff,
         migration_strategy: None,
+        identity_swap_mode: Default::default(),
         transfer_mode: TransferMode::Direct,
         phase_timeout_seconds: 300,
         // The broker is not asked here.
@@ -82,6 +83,7 @@ fn migration() -> MigrationRef {
             broker_url: None,
             management_url: None,
             source_prefetch: None,
+            tls_secret_ref: None,
             broker_secret_ref: None,
             queue_name: "q".into(),
             exchange_name: "x".into(),

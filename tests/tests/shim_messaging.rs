@@ -17,7 +17,7 @@ use amqprs::{
     connection::Connection,
 };
 use ms2m_shim::engine::QueueNames;
-use ms2m_shim::messaging::{ControlMessage, Messaging, MessagingError, connection_args};
+use ms2m_shim::messaging::{BrokerTls, ControlMessage, Messaging, MessagingError, connection_args};
 use ms2m_tests::env;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -190,30 +190,40 @@ async fn under_a_publisher_that_never_pauses_the_cut_over_puts_each_message_in_o
     b.declare_primary(&q.primary).await;
     let m = env::messaging(&url, "cut-load");
     m.ensure_replay_topology(&q).await.unwrap();
-    const N: u32 = 4000;
-    let (url2, exchange) = (url.clone(), q.exchange.clone());
+    // The publisher runs until well after the cut-over, however slow the machine: at
+    // least 4000 messages, and 500 more once the cut is done.
+    let cut_done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (url2, exchange, done) = (url.clone(), q.exchange.clone(), cut_done.clone());
     let publisher = tokio::spawn(async move {
         let p = Broker::connect(&url2).await;
-        for seq in 0..N {
+        let mut seq = 0u32;
+        let mut after_cut = 0;
+        while seq < 4000 || after_cut < 500 {
             p.publish(&exchange, "", seq).await;
-            if seq % 100 == 0 {
+            seq += 1;
+            if done.load(std::sync::atomic::Ordering::SeqCst) {
+                after_cut += 1;
+            }
+            if seq.is_multiple_of(100) {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         let _ = p.conn.close().await;
+        seq
     });
     // Mid-stream: the source is gone, fence; then the target caught up, cut over.
     tokio::time::sleep(Duration::from_millis(60)).await;
     let purged = m.fence_primary(&q).await.unwrap();
     tokio::time::sleep(Duration::from_millis(60)).await;
     m.cut_over(&q).await.unwrap();
-    publisher.await.unwrap();
+    cut_done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n_published = publisher.await.unwrap();
     let settle = Instant::now() + SETTLE;
     let (mut replay, mut primary) = (Vec::new(), Vec::new());
     loop {
         replay.extend(drain_seqs(&url, &q.replay).await);
         primary.extend(drain_seqs(&url, &q.primary).await);
-        if replay.len() + primary.len() >= N as usize || Instant::now() > settle {
+        if replay.len() + primary.len() >= n_published as usize || Instant::now() > settle {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -234,7 +244,7 @@ async fn under_a_publisher_that_never_pauses_the_cut_over_puts_each_message_in_o
     let n = all.len();
     all.dedup();
     assert_eq!(n - all.len(), 0, "messages in both queues");
-    assert_eq!(all, (0..N).collect::<Vec<_>>(), "messages lost");
+    assert_eq!(all, (0..n_published).collect::<Vec<_>>(), "messages lost");
     // The cut is one point in the stream: everything before it in the replay queue.
     assert!(replay.iter().max() < primary.iter().min());
     m.delete_replay(&q).await.unwrap();
@@ -608,8 +618,8 @@ struct PrivateBroker {
 }
 
 impl PrivateBroker {
-    /// The script also uses port+10000 (management), port+20000 (Erlang distribution)
-    /// and port+21000 (epmd).
+    /// The script also uses port+10000 (management), port+20000 (Erlang distribution),
+    /// port+21000 (epmd) and port+30000 (amqps).
     fn free_port() -> u16 {
         let seed = std::process::id() as u64
             ^ std::time::SystemTime::now()
@@ -617,9 +627,9 @@ impl PrivateBroker {
                 .unwrap()
                 .subsec_nanos() as u64;
         (0..200)
-            .map(|i| 12000 + ((seed + i * 7919) % 30000) as u16)
+            .map(|i| 12000 + ((seed + i * 7919) % 20000) as u16)
             .find(|p| {
-                [*p, p + 10000, p + 20000, p + 21000]
+                [*p, p + 10000, p + 20000, p + 21000, p + 30000]
                     .iter()
                     .all(|q| std::net::TcpListener::bind(("127.0.0.1", *q)).is_ok())
             })
@@ -719,4 +729,93 @@ async fn a_broker_restart_mid_replay_keeps_the_replay_queue_and_repeats_no_contr
     wait_depth(&m, &q.control, Some(0)).await;
     m.delete_replay(&q).await.unwrap();
     wait_depth(&m, &q.replay, None).await;
+}
+
+/// `amqps://` with the broker's CA, with and without a client certificate, carries the
+/// whole protocol (topology, counts, control messages, the management API beside it);
+/// a broker certificate from another CA and TLS material for a plain URL are refused
+/// with errors that say so.
+#[tokio::test]
+async fn amqps_carries_the_protocol_and_refuses_a_foreign_ca() {
+    let url = env::amqps_url();
+    let tls = BrokerTls::from_dir(&env::broker_tls_dir()).expect("the test broker's TLS material");
+    assert!(tls.cert_pem.is_some(), "a client certificate is offered");
+    let b = Broker::connect(&env::amqp_url()).await;
+    for (tag, material) in [
+        ("mtls", tls.clone()),
+        (
+            "ca",
+            BrokerTls {
+                ca_pem: tls.ca_pem.clone(),
+                ..Default::default()
+            },
+        ),
+    ] {
+        let q = names(tag);
+        b.declare_primary(&q.primary).await;
+        let m = Messaging::with_tls(&url, tag, &env::management(), Some(&material)).unwrap();
+        m.ensure_replay_topology(&q).await.unwrap();
+        b.publish(&q.exchange, "", 1).await;
+        let deadline = Instant::now() + SETTLE;
+        while m.queue_depth(&q.replay).await.unwrap() != Some(1) {
+            assert!(
+                Instant::now() < deadline,
+                "{tag}: the replay queue never got the message"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let state = m.queue_state(&q.primary).await.unwrap().unwrap();
+        assert_eq!(state.ready, 1, "{tag}");
+        m.send_control(&q.control, &ControlMessage::start_replay(&q.replay))
+            .await
+            .unwrap();
+        assert_eq!(m.queue_depth(&q.control).await.unwrap(), Some(1), "{tag}");
+        m.delete_replay(&q).await.unwrap();
+        b.ch.queue_delete(QueueDeleteArguments::new(&q.control))
+            .await
+            .unwrap();
+        b.ch.queue_delete(QueueDeleteArguments::new(&q.primary))
+            .await
+            .unwrap();
+        b.ch.exchange_delete(ExchangeDeleteArguments::new(&q.exchange))
+            .await
+            .unwrap();
+    }
+
+    // A CA that did not sign the broker's certificate.
+    let other = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=someone-else",
+        ])
+        .current_dir(other.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let foreign = BrokerTls::from_dir(other.path()).unwrap();
+    let m = Messaging::with_tls(&url, "foreign", &env::management(), Some(&foreign)).unwrap();
+    let err = m.queue_depth("anything").await.unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+
+    // TLS material for a plain URL is a configuration mistake, refused up front.
+    let err = Messaging::with_tls(&env::amqp_url(), "plain", &env::management(), Some(&tls))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(err.contains("not amqps://"), "{err}");
+    let _ = b.conn.close().await;
 }

@@ -119,6 +119,7 @@ impl Rig {
             direct_target_node: None,
             broker_url: amqp,
             management: env::management(),
+            broker_tls: None,
             source_prefetch: 1,
             queue,
             exchange: format!("{base}.x"),

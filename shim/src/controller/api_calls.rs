@@ -37,9 +37,12 @@ pub const POD_DELETE: ApiCall = call("", "pods", "delete");
 /// and the target's adoption labels. Sequential hand-back: the StatefulSet selector's
 /// labels on the target (after the scale-up), so the StatefulSet adopts it.
 pub const POD_PATCH: ApiCall = call("", "pods", "patch");
-/// Finding the agent pod on a node (DaemonSet pods by label).
+/// Finding the agent pod on a node (DaemonSet pods by label); choosing a target node
+/// (memory requested by the pods on each candidate node).
 pub const POD_LIST: ApiCall = call("", "pods", "list");
 pub const NODE_GET: ApiCall = call("", "nodes", "get");
+/// Choosing a target node when the spec names none.
+pub const NODE_LIST: ApiCall = call("", "nodes", "list");
 /// Agent token and broker URL Secrets.
 pub const SECRET_GET: ApiCall = call("", "secrets", "get");
 /// Sequential strategy: the target is the StatefulSet's pod built from its template and
@@ -63,6 +66,7 @@ pub const ALL: &[ApiCall] = &[
     POD_PATCH,
     POD_LIST,
     NODE_GET,
+    NODE_LIST,
     SECRET_GET,
     STATEFULSET_GET,
     STATEFULSET_SCALE_PATCH,

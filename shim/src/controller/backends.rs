@@ -16,7 +16,7 @@ use crate::agent_client::{
 use crate::crd::StatefulMigrationSpec;
 use crate::driver::WorldError;
 use crate::engine::{JobView, QueueNames};
-use crate::messaging::{Broker, ControlMessage, MessagingError, QueueState};
+use crate::messaging::{Broker, BrokerTls, ControlMessage, MessagingError, QueueState};
 
 use super::api_calls::{self, ApiCall};
 
@@ -114,6 +114,8 @@ pub trait Backends: Send + Sync {
     ) -> Result<(), WorldError>;
     /// Lets go of per-migration state (broker connection) once it is finished.
     async fn forget(&self, m: &MigrationRef);
+    /// The nodes an agent runs on (a target node must have one).
+    async fn agent_nodes(&self) -> Result<std::collections::BTreeSet<String>, WorldError>;
 }
 
 /// Where the agents are and how to reach them.
@@ -292,6 +294,30 @@ impl ClusterBackends {
             })
     }
 
+    /// The broker TLS material of `messageQueueConfig.tlsSecretRef`, if any.
+    async fn broker_tls(&self, m: &MigrationRef) -> Result<Option<BrokerTls>, WorldError> {
+        let Some(r) = &m.spec.message_queue_config.tls_secret_ref else {
+            return Ok(None);
+        };
+        uses(api_calls::SECRET_GET);
+        let ns = &m.namespace;
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), ns);
+        let s = secrets
+            .get_opt(&r.name)
+            .await
+            .map_err(|e| kube_err("reading a Secret", e))?
+            .ok_or_else(|| WorldError::permanent(format!("Secret {ns}/{} not found", r.name)))?;
+        let data = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        BrokerTls::from_secret(&format!("{ns}/{}", r.name), &data)
+            .map(Some)
+            .map_err(mq_err)
+    }
+
     async fn broker(&self, m: &MigrationRef) -> Result<Arc<dyn Broker>, WorldError> {
         let mut brokers = self.brokers.lock().await;
         if let Some(b) = brokers.get(&m.uid) {
@@ -303,11 +329,13 @@ impl ClusterBackends {
             (None, Some(r)) => self.secret_key(&m.namespace, &r.name, &r.key).await?,
             (None, None) => return Err(WorldError::permanent("no broker configured")),
         };
+        let tls = self.broker_tls(m).await?;
         let b = crate::messaging::connect(
             &url,
             mq.broker,
             &format!("{}/{}", m.namespace, m.name),
             &mq.management(),
+            tls.as_ref(),
         )
         .map_err(mq_err)?;
         brokers.insert(m.uid.clone(), b.clone());
@@ -550,6 +578,23 @@ impl Backends for ClusterBackends {
             .delete_checkpoint(checkpoint_id)
             .await
             .map_err(agent_err)
+    }
+
+    async fn agent_nodes(&self) -> Result<std::collections::BTreeSet<String>, WorldError> {
+        uses(api_calls::POD_LIST);
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.discovery.namespace);
+        let lp = ListParams::default().labels(&self.discovery.selector);
+        let list = pods
+            .list(&lp)
+            .await
+            .map_err(|e| kube_err("listing agent pods", e))?;
+        // An agent counts once it has an address: that is when the shim can reach it.
+        Ok(list
+            .items
+            .iter()
+            .filter(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+            .filter_map(|p| p.spec.as_ref()?.node_name.clone())
+            .collect())
     }
 
     async fn forget(&self, m: &MigrationRef) {

@@ -85,6 +85,47 @@ impl ApiServerVerifier {
         Seen { body, query }
     }
 
+    /// Takes the next request whatever it is (it must still be in the RBAC table) and
+    /// answers with what `answer(method, path, body)` returns (`None`: echo the body as a
+    /// successful write). For tests that check outcomes, not the request sequence.
+    pub async fn respond(
+        &mut self,
+        answer: impl FnOnce(&Method, &str, &Value) -> Option<(StatusCode, Value)>,
+    ) -> (Method, String, Value) {
+        let (req, send) = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.handle.next_request(),
+        )
+        .await
+        .expect("the controller sent another request")
+        .expect("service not called");
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        assert!(
+            api_calls::classify(method.as_str(), &path).is_some(),
+            "{method} {path} is not in the API call table"
+        );
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let (status, answer) = answer(&method, &path, &body).unwrap_or_else(|| {
+            self.rv += 1;
+            let mut echo = body.clone();
+            echo["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+            (StatusCode::OK, echo)
+        });
+        send.send_response(
+            Response::builder()
+                .status(status)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        (method, path, body)
+    }
+
     /// A status write; returns the status the controller wrote.
     pub async fn status_put(&mut self, name: &str) -> StatefulMigrationStatus {
         let seen = self
@@ -201,6 +242,8 @@ pub struct ScriptedBackends {
     pub delete_image_error: Mutex<Option<String>>,
     /// Set: `delete_checkpoint` fails with this (transient) error.
     pub delete_checkpoint_error: Mutex<Option<String>>,
+    /// Nodes with an agent, for choosing a target node.
+    pub agent_nodes: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl ScriptedBackends {
@@ -390,6 +433,9 @@ impl Backends for ScriptedBackends {
         }
     }
     async fn forget(&self, _: &MigrationRef) {}
+    async fn agent_nodes(&self) -> Result<std::collections::BTreeSet<String>, WorldError> {
+        Ok(self.agent_nodes.lock().unwrap().clone())
+    }
 }
 
 /// A kube client whose every request goes to the returned verifier.

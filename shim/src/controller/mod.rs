@@ -8,11 +8,14 @@
 
 pub mod api_calls;
 mod backends;
+pub mod target_node;
 pub mod target_pod;
 mod world;
 
 #[cfg(any(test, feature = "test-fixtures"))]
 pub mod fixtures;
+#[cfg(test)]
+mod reference_crs_tests;
 #[cfg(test)]
 mod tests;
 
@@ -21,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{
@@ -91,12 +95,20 @@ const MAX_ROUNDS: usize = 16;
 /// control queue is `ms2m.control.<source>`, which is also what the restored consumer,
 /// reading its hostname, listens on).
 pub fn plan_for(m: &StatefulMigration) -> Result<(Plan, MigrationRef)> {
-    let resolved = m.status.as_ref().and_then(|s| s.progress.strategy);
-    plan_with(m, resolved)
+    let progress = m.status.as_ref().map(|s| &s.progress);
+    let resolved = progress.and_then(|p| p.strategy);
+    let chosen = progress.and_then(|p| p.target_node.as_deref());
+    plan_with(m, resolved, chosen)
 }
 
-/// [`plan_for`] with the strategy resolved so far (`None`: not yet).
-fn plan_with(m: &StatefulMigration, resolved: Option<Strategy>) -> Result<(Plan, MigrationRef)> {
+/// [`plan_for`] with the strategy resolved so far (`None`: not yet) and the target node
+/// chosen so far (used when the spec names none; `None`: not yet, the plan's node is
+/// empty).
+fn plan_with(
+    m: &StatefulMigration,
+    resolved: Option<Strategy>,
+    chosen_target: Option<&str>,
+) -> Result<(Plan, MigrationRef)> {
     let ns = m.namespace().ok_or(Error::Incomplete("a namespace"))?;
     let name = m.name_any();
     let uid = m.uid().ok_or(Error::Incomplete("a uid"))?;
@@ -133,7 +145,12 @@ fn plan_with(m: &StatefulMigration, resolved: Option<Strategy>) -> Result<(Plan,
         phase_timeout: spec.phase_timeout(),
         transfer_mode: spec.transfer_mode,
         strategy: spec.migration_strategy,
-        target_node: spec.target_node.clone(),
+        target_node: spec
+            .target_node
+            .as_deref()
+            .or(chosen_target)
+            .unwrap_or_default()
+            .to_owned(),
         target_name,
         checkpoint_id,
         checkpoint_image: format!("{}:{tag}", spec.checkpoint_image_repository),
@@ -175,10 +192,29 @@ async fn drive(m: &StatefulMigration, ctx: &Arc<Context>, deleting: bool) -> Res
     }
     let mut world = KubeWorld::new(ctx.clone(), m, mref.clone(), deleting);
     let mut fatal = ctx.fatal.lock().await.remove(&mref.uid);
+    if progress.target_node.is_none() {
+        if !plan.target_node.is_empty() {
+            progress.target_node = Some(plan.target_node.clone());
+        } else if progress.phase == Phase::Pending && !deleting {
+            match choose_target_node(ctx, m, &mref).await? {
+                Some(target_node::Choice::Node(n)) => {
+                    info!(migration = %mref.name, node = %n, "chose the target node");
+                    progress.target_node = Some(n);
+                    (plan, mref) = plan_with(m, named_for, progress.target_node.as_deref())?;
+                    world.set_ref(mref.clone());
+                }
+                Some(target_node::Choice::NoneEligible(why)) => {
+                    fatal.get_or_insert(why);
+                }
+                // No source to measure against: the engine fails the migration on it.
+                None => {}
+            }
+        }
+    }
     for _ in 0..MAX_ROUNDS {
         if progress.strategy != named_for {
             named_for = progress.strategy;
-            (plan, mref) = plan_with(m, named_for)?;
+            (plan, mref) = plan_with(m, named_for, progress.target_node.as_deref())?;
             world.set_ref(mref.clone());
         }
         // The engine records the name when it starts, before the strategy is resolved.
@@ -210,6 +246,26 @@ async fn drive(m: &StatefulMigration, ctx: &Arc<Context>, deleting: bool) -> Res
         }
     }
     Ok(Action::requeue(Duration::from_millis(100)))
+}
+
+/// Applies the target-node rule ([`target_node`]) for a spec that names no node; `None`
+/// when the source pod is gone or unscheduled (nothing to choose against).
+async fn choose_target_node(
+    ctx: &Context,
+    m: &StatefulMigration,
+    mref: &MigrationRef,
+) -> Result<Option<target_node::Choice>> {
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &mref.namespace);
+    let Some(source) = pods.get_opt(&m.spec.source_pod).await? else {
+        return Ok(None);
+    };
+    let Some(source_node) = source.spec.and_then(|s| s.node_name) else {
+        return Ok(None);
+    };
+    let agents = ctx.backends.agent_nodes().await?;
+    Ok(Some(
+        target_node::choose_in_cluster(&ctx.client, &source_node, &agents).await?,
+    ))
 }
 
 async fn publish(ctx: &Context, m: &StatefulMigration, t: &Transition) {

@@ -1203,3 +1203,158 @@ async fn deleting_a_direct_migration_mid_transfer_reports_a_failed_image_removal
         ])
     );
 }
+
+fn node_with_memory(name: &str, memory: &str, unschedulable: bool) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+        "spec": {"unschedulable": unschedulable},
+        "status": {"allocatable": {"memory": memory},
+            "conditions": [{"type": "Ready", "status": "True"}]}
+    })
+}
+
+fn list(kind: &str, items: Vec<serde_json::Value>) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": kind, "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// The reference implementation lets `targetNode` be omitted; the controller then
+/// applies the documented rule (controller::target_node) before anything else and
+/// records its choice, so every later round and a restarted controller use the same node.
+#[tokio::test]
+async fn an_omitted_target_node_is_chosen_by_free_memory_and_recorded() {
+    let (ctx, mut api, backends) = test_context();
+    backends
+        .agent_nodes
+        .lock()
+        .unwrap()
+        .extend(["node-a", "node-b", "node-c", "node-d"].map(String::from));
+    backends
+        .checkpoint_jobs
+        .lock()
+        .unwrap()
+        .push_back(JobView::Running);
+    let mut obj = migration(None);
+    obj.spec.target_node = None;
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.get(
+            "/api/v1/nodes",
+            list(
+                "NodeList",
+                vec![
+                    node_with_memory("node-a", "64Gi", false),
+                    node_with_memory("node-b", "8Gi", false),
+                    node_with_memory("node-c", "16Gi", false),
+                    node_with_memory("node-d", "64Gi", true),
+                    node_with_memory("node-e", "64Gi", false),
+                ],
+            ),
+        )
+        .await;
+        // Only the eligible nodes' pods are listed: b and c (a runs the source, d is
+        // cordoned, e has no agent). c has 16 GiB with 10 GiB requested: b's 8 free win.
+        for (node, requested) in [("node-b", "1Gi"), ("node-c", "10Gi")] {
+            let seen = api
+                .get(
+                    "/api/v1/pods",
+                    list(
+                        "PodList",
+                        vec![json!({"metadata": {"name": "p"}, "spec": {"nodeName": node,
+                            "containers": [{"name": "c", "resources": {"requests": {"memory": requested}}}]}})],
+                    ),
+                )
+                .await;
+            assert!(
+                seen.query.contains(&format!("spec.nodeName%3D{node}")),
+                "{}",
+                seen.query
+            );
+        }
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Checkpointing);
+        assert_eq!(st.progress.target_node.as_deref(), Some("node-b"));
+        let seen = serde_json::to_value(&st).unwrap();
+        assert_eq!(seen["targetNode"], "node-b", "the Target column reads it");
+        assert_eq!(
+            seen["phaseTimings"]["Pending"]
+                .as_str()
+                .map(|s| s.ends_with('s')),
+            Some(true)
+        );
+    });
+    // One round is enough to see the choice; the rest of the migration is as usual.
+    let _ = tokio::time::timeout(Duration::from_secs(3), reconcile(Arc::new(obj), ctx)).await;
+    tokio::time::timeout(Duration::from_secs(10), scenario)
+        .await
+        .expect("scenario finished")
+        .expect("scenario assertions held");
+}
+
+#[tokio::test]
+async fn no_eligible_target_node_fails_the_migration_with_the_reasons() {
+    let (ctx, mut api, backends) = test_context();
+    backends.agent_nodes.lock().unwrap().insert("node-a".into());
+    let mut obj = migration(None);
+    obj.spec.target_node = None;
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        api.get(
+            "/api/v1/nodes",
+            list(
+                "NodeList",
+                vec![
+                    node_with_memory("node-a", "64Gi", false),
+                    node_with_memory("node-b", "64Gi", false),
+                ],
+            ),
+        )
+        .await;
+        api.get(&format!("{PODS}/counter-0"), source_pod("ReplicaSet"))
+            .await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        let reason = &st.progress.failure.as_ref().unwrap().reason;
+        assert!(reason.contains("node-b: no ms2m agent"), "{reason}");
+        assert!(reason.contains("set spec.targetNode"), "{reason}");
+        let failed = st.conditions.iter().find(|c| c.type_ == "Failed").unwrap();
+        assert_eq!(
+            (failed.status.as_str(), failed.reason.as_str()),
+            ("True", "MigrationFailed")
+        );
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    run(obj, ctx, scenario).await.unwrap();
+    assert!(backends.calls().is_empty(), "nothing was touched");
+}
+
+/// The identity swap is accepted in the spec but not built: a ShadowPod migration of a
+/// StatefulSet pod that asks for it fails before touching anything, and says so.
+#[tokio::test]
+async fn an_identity_swap_request_for_a_statefulset_pod_fails_in_pending_untouched() {
+    let (ctx, mut api, backends) = test_context();
+    let mut obj = migration(None);
+    obj.spec.migration_strategy = Some(Strategy::ShadowPod);
+    obj.spec.identity_swap_mode = crate::crd::IdentitySwapMode::ExchangeFence;
+    let scenario = tokio::spawn(async move {
+        api.get(&format!("{PODS}/counter-0"), source_pod("StatefulSet"))
+            .await;
+        api.get("/api/v1/nodes/node-b", node("node-b", true)).await;
+        let st = api.status_put(MIG_STATUS).await;
+        assert_eq!(st.progress.phase, Phase::Failed);
+        let reason = &st.progress.failure.as_ref().unwrap().reason;
+        assert!(
+            reason.contains("identitySwapMode ExchangeFence is not implemented"),
+            "{reason}"
+        );
+        assert_eq!(api.event().await.0, "Failed");
+        api.done().await;
+    });
+    run(obj, ctx, scenario).await.unwrap();
+    assert!(backends.calls().is_empty(), "nothing was touched");
+}

@@ -531,18 +531,31 @@ fn condition(progress: &Progress, prev: &[Condition], now: &str) -> Vec<Conditio
         ),
         p => ("Unknown", p.as_str(), format!("migration in phase {p}")),
     };
-    let since = prev
-        .iter()
-        .find(|c| c.type_ == "Succeeded" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_owned());
-    vec![Condition {
+    let since = |type_: &str, status: &str| {
+        prev.iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| now.to_owned())
+    };
+    let mut conditions = vec![Condition {
         type_: "Succeeded".into(),
         status: status.into(),
         reason: reason.into(),
-        message,
-        last_transition_time: since,
-    }]
+        message: message.clone(),
+        last_transition_time: since("Succeeded", status),
+    }];
+    // The reference implementation's condition, so `kubectl wait --for=condition=Failed`
+    // written for it works unchanged.
+    if progress.phase == Phase::Failed {
+        conditions.push(Condition {
+            type_: "Failed".into(),
+            status: "True".into(),
+            reason: "MigrationFailed".into(),
+            message,
+            last_transition_time: since("Failed", "True"),
+        });
+    }
+    conditions
 }
 
 #[async_trait::async_trait]
@@ -562,12 +575,26 @@ impl World for KubeWorld {
                     return Ok(obs);
                 }
                 obs.source = self.source_view().await?;
-                obs.target_node_ready = self.node_ready(&plan.target_node).await?;
+                // An empty plan node: none named and none chosen (the chooser's reason,
+                // or the missing source, fails the migration).
+                if !plan.target_node.is_empty() {
+                    obs.target_node_ready = self.node_ready(&plan.target_node).await?;
+                }
                 let sequential = plan
                     .strategy
                     .or(obs.source.as_ref().map(|s| s.natural_strategy));
                 if obs.source.is_some() && sequential == Some(Strategy::Sequential) {
                     obs.fatal = self.sequential_precondition().await?;
+                }
+                let swap = self.m.spec.identity_swap_mode;
+                let statefulset_pod = obs
+                    .source
+                    .as_ref()
+                    .is_some_and(|s| s.natural_strategy == Strategy::Sequential);
+                if statefulset_pod && sequential == Some(Strategy::ShadowPod) && !swap.is_none() {
+                    obs.fatal = Some(format!(
+                        "identitySwapMode {swap:?} is not implemented in ms2m yet; migrate this StatefulSet pod with identitySwapMode None (the target keeps its own name and the StatefulSet is scaled down by one) or migrationStrategy Sequential"
+                    ));
                 }
             }
             Phase::Checkpointing
@@ -770,11 +797,11 @@ impl World for KubeWorld {
     async fn persist(&mut self, progress: &Progress) -> Result<(), WorldError> {
         let prev = self.obj.status.clone().unwrap_or_default();
         let now = jiff::Timestamp::now().to_string();
-        let status = StatefulMigrationStatus {
-            progress: progress.clone(),
-            conditions: condition(progress, &prev.conditions, &now),
-            observed_generation: self.obj.metadata.generation,
-        };
+        let status = StatefulMigrationStatus::new(
+            progress.clone(),
+            condition(progress, &prev.conditions, &now),
+            self.obj.metadata.generation,
+        );
         let mut obj = self.obj.clone();
         obj.status = Some(status);
         uses(calls::MIGRATION_STATUS_UPDATE);

@@ -444,7 +444,9 @@ impl Step<'_> {
                 _ if !consuming => None,
                 (None, ReplayMode::Drain) => Some("Drain".to_owned()),
                 (None, ReplayMode::Cutoff) if caught_up => Some("CaughtUp".to_owned()),
-                (None, ReplayMode::Cutoff) if replaying_for >= self.plan.replay_cutoff => {
+                (None, ReplayMode::Cutoff)
+                    if self.plan.replay_cutoff.is_some_and(|c| replaying_for >= c) =>
+                {
                     Some("Cutoff".to_owned())
                 }
                 (None, ReplayMode::Cutoff) => None,

@@ -14,7 +14,7 @@ fn t(secs: i64) -> Timestamp {
 fn plan() -> Plan {
     Plan {
         replay_mode: ReplayMode::Cutoff,
-        replay_cutoff: Duration::from_secs(30),
+        replay_cutoff: Some(Duration::from_secs(30)),
         phase_timeout: Duration::from_secs(120),
         transfer_mode: TransferMode::Registry,
         strategy: None,
@@ -906,7 +906,7 @@ fn failure_after_cutoff_keeps_target_and_queue() {
 #[test]
 fn failure_before_cutoff_rolls_back() {
     let pl = Plan {
-        replay_cutoff: Duration::from_secs(1000),
+        replay_cutoff: Some(Duration::from_secs(1000)),
         ..plan()
     };
     let mut p = at_phase(Phase::Replaying, Strategy::ShadowPod);

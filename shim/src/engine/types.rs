@@ -108,7 +108,9 @@ impl QueueNames {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub replay_mode: ReplayMode,
-    pub replay_cutoff: Duration,
+    /// `None`: no cutoff; in Cutoff mode the source then stops only once the target
+    /// caught up (the phase timeout still applies).
+    pub replay_cutoff: Option<Duration>,
     /// Longest time any one phase may take before the migration fails (and rolls back).
     pub phase_timeout: Duration,
     pub transfer_mode: TransferMode,
@@ -331,6 +333,10 @@ pub struct Progress {
     pub phase_started_at: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_node: Option<String>,
+    /// The node the target runs on: the spec's, or the one the controller chose when the
+    /// spec named none (recorded before anything else happens, so it never changes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -349,7 +355,16 @@ pub struct Progress {
     pub steps: Steps,
     #[serde(default)]
     pub replay: ReplayCounters,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// One record per phase entered: start and duration. Written as `phaseRecords`;
+    /// `status.phaseTimings` is the reference implementation's map of durations, derived
+    /// from these (`crd::phase_timings_map`). Standalone state files written before the
+    /// rename still read.
+    #[serde(
+        default,
+        rename = "phaseRecords",
+        alias = "phaseTimings",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub phase_timings: Vec<PhaseTiming>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,

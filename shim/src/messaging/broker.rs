@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    BacklogCheck, ControlMessage, ManagementConfig, Messaging, MessagingError, QueueState, Result,
-    nats::NatsMessaging,
+    BacklogCheck, BrokerTls, ControlMessage, ManagementConfig, Messaging, MessagingError,
+    QueueState, Result, nats::NatsMessaging,
 };
 use crate::engine::QueueNames;
 
@@ -30,7 +30,7 @@ impl BrokerKind {
             Ok(BrokerKind::RabbitMQ)
         } else {
             Err(MessagingError::Url(format!(
-                "unknown scheme (want amqp:// or nats://) in {}",
+                "unknown scheme (want amqp://, amqps:// or nats://) in {}",
                 super::redact(url)
             )))
         }
@@ -62,12 +62,14 @@ pub fn connect(
     kind: Option<BrokerKind>,
     message_id_prefix: &str,
     management: &ManagementConfig,
+    tls: Option<&BrokerTls>,
 ) -> Result<Arc<dyn Broker>> {
     Ok(match kind.map_or_else(|| BrokerKind::from_url(url), Ok)? {
-        BrokerKind::RabbitMQ => Arc::new(Messaging::with_management(
+        BrokerKind::RabbitMQ => Arc::new(Messaging::with_tls(
             url,
             message_id_prefix,
             management,
+            tls,
         )?),
         BrokerKind::Nats => Arc::new(NatsMessaging::new(url, message_id_prefix)?),
     })
@@ -143,7 +145,16 @@ mod tests {
         let k: BrokerKind = serde_json::from_str("\"NATS\"").unwrap();
         assert_eq!(k, BrokerKind::Nats);
         let none = ManagementConfig::default();
-        assert!(connect("nats://127.0.0.1:1", None, "m", &none).is_ok());
-        assert!(connect("nats://127.0.0.1:1", Some(BrokerKind::RabbitMQ), "m", &none).is_err());
+        assert!(connect("nats://127.0.0.1:1", None, "m", &none, None).is_ok());
+        assert!(
+            connect(
+                "nats://127.0.0.1:1",
+                Some(BrokerKind::RabbitMQ),
+                "m",
+                &none,
+                None
+            )
+            .is_err()
+        );
     }
 }

@@ -15,6 +15,8 @@ use super::{AmqpUrl, MessagingError, Result};
 
 /// RabbitMQ's default management listener port.
 pub const DEFAULT_PORT: u16 = 15672;
+/// Its default TLS listener port, assumed for `amqps://` brokers.
+pub const DEFAULT_TLS_PORT: u16 = 15671;
 
 /// Where the management API is.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -53,11 +55,18 @@ pub struct Management {
 }
 
 impl Management {
-    pub fn new(amqp: &AmqpUrl, cfg: &ManagementConfig) -> Result<Self> {
+    /// `tls`: the broker connection's TLS configuration (`amqps://`), also used for an
+    /// `https://` management URL, which is then the default (port 15671).
+    pub fn new(
+        amqp: &AmqpUrl,
+        cfg: &ManagementConfig,
+        tls: Option<&rustls::ClientConfig>,
+    ) -> Result<Self> {
         // The shim's binaries install ring at start; library users (tests) may not have.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = match &cfg.url {
             Some(u) => u.trim_end_matches('/').to_owned(),
+            None if amqp.tls => format!("https://{}:{DEFAULT_TLS_PORT}", bracket_v6(&amqp.host)),
             None => format!("http://{}:{DEFAULT_PORT}", bracket_v6(&amqp.host)),
         };
         if !(base.starts_with("http://") || base.starts_with("https://")) {
@@ -65,8 +74,16 @@ impl Management {
                 "management URL must be http:// or https://: {base}"
             )));
         }
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+        let mut http = reqwest::Client::builder().timeout(Duration::from_secs(10));
+        if let Some(tls) = tls
+            && base.starts_with("https://")
+        {
+            // A management API behind the broker's own CA is trusted like the broker.
+            let mut tls = tls.clone();
+            tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+            http = http.tls_backend_preconfigured(tls);
+        }
+        let http = http
             .build()
             .map_err(|e| MessagingError::Url(format!("management client: {e}")))?;
         Ok(Self {
@@ -164,11 +181,11 @@ mod tests {
 
     #[test]
     fn defaults_to_the_amqp_host_on_the_management_port() {
-        let m = Management::new(&amqp(), &ManagementConfig::default()).unwrap();
+        let m = Management::new(&amqp(), &ManagementConfig::default(), None).unwrap();
         assert_eq!(m.base_url(), "http://10.0.0.1:15672");
         let v6 = super::super::parse_url("amqp://u:p@[::1]:5672/").unwrap();
         // parse_url keeps the brackets of an IPv6 literal.
-        let m = Management::new(&v6, &ManagementConfig::default()).unwrap();
+        let m = Management::new(&v6, &ManagementConfig::default(), None).unwrap();
         assert!(m.base_url().starts_with("http://["), "{}", m.base_url());
     }
 
@@ -177,12 +194,12 @@ mod tests {
         let cfg = ManagementConfig {
             url: Some("ftp://x".into()),
         };
-        assert!(Management::new(&amqp(), &cfg).is_err());
+        assert!(Management::new(&amqp(), &cfg, None).is_err());
         let cfg = ManagementConfig {
             url: Some("https://mq.example:15671/".into()),
         };
         assert_eq!(
-            Management::new(&amqp(), &cfg).unwrap().base_url(),
+            Management::new(&amqp(), &cfg, None).unwrap().base_url(),
             "https://mq.example:15671"
         );
     }

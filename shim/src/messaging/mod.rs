@@ -30,11 +30,13 @@ use amqprs::{
 
 mod backlog;
 mod broker;
+mod broker_tls;
 mod management;
 pub mod nats;
 
 pub use backlog::{BacklogCheck, pre_binding_backlog};
 pub use broker::{Broker, BrokerKind, connect};
+pub use broker_tls::BrokerTls;
 pub use management::{Binding, Management, ManagementConfig};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
@@ -65,6 +67,8 @@ pub enum MessagingError {
     NotConfirmed(String),
     #[error("broker operation `{0}` timed out")]
     Timeout(&'static str),
+    #[error("broker TLS: {0}")]
+    Tls(String),
 }
 
 impl MessagingError {
@@ -73,6 +77,7 @@ impl MessagingError {
         matches!(
             self,
             MessagingError::Url(_)
+                | MessagingError::Tls(_)
                 | MessagingError::Refused { .. }
                 | MessagingError::Unroutable { .. }
         )
@@ -208,9 +213,42 @@ impl Messaging {
         message_id_prefix: &str,
         management: &ManagementConfig,
     ) -> Result<Self> {
+        Self::with_tls(url, message_id_prefix, management, None)
+    }
+
+    /// As [`Messaging::with_management`], over TLS for an `amqps://` URL: trusting
+    /// `tls`'s CA (or the system's roots) and presenting its client certificate. The
+    /// management API defaults to `https://<host>:15671` then, with the same trust.
+    pub fn with_tls(
+        url: &str,
+        message_id_prefix: &str,
+        management: &ManagementConfig,
+        tls: Option<&BrokerTls>,
+    ) -> Result<Self> {
         let mut args = connection_args(url)?;
         args.connection_name("ms2m-shim");
-        let management = Management::new(&parse_url(url)?, management)?;
+        let parsed = parse_url(url)?;
+        let tls_config = match (parsed.tls, tls) {
+            (true, tls) => Some(std::sync::Arc::new(
+                tls.cloned().unwrap_or_default().client_config()?,
+            )),
+            (false, Some(_)) => {
+                return Err(MessagingError::Tls(format!(
+                    "TLS material is configured but the broker URL {} is not amqps://",
+                    redact(url)
+                )));
+            }
+            (false, None) => None,
+        };
+        if let Some(cfg) = &tls_config {
+            // Installed before the first connection: amqprs's TLS needs a provider.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            args.tls_adaptor(amqprs::tls::TlsAdaptor::new(
+                tokio_rustls::TlsConnector::from(cfg.clone()),
+                parsed.host.clone(),
+            ));
+        }
+        let management = Management::new(&parsed, management, tls_config.as_deref())?;
         Ok(Self {
             args,
             link: Mutex::new(None),
@@ -609,13 +647,17 @@ pub struct AmqpUrl {
     pub user: String,
     pub password: String,
     pub vhost: String,
+    /// `amqps://`.
+    pub tls: bool,
 }
 
 pub fn parse_url(url: &str) -> Result<AmqpUrl> {
     let bad = |m: &str| MessagingError::Url(format!("{m} in {}", redact(url)));
-    let rest = url
-        .strip_prefix("amqp://")
-        .ok_or_else(|| bad("scheme must be amqp:// (amqps is not supported yet)"))?;
+    let (rest, tls) = match (url.strip_prefix("amqp://"), url.strip_prefix("amqps://")) {
+        (Some(rest), _) => (rest, false),
+        (_, Some(rest)) => (rest, true),
+        _ => return Err(bad("scheme must be amqp:// or amqps://")),
+    };
     let (authority, vhost) = match rest.split_once('/') {
         Some((a, v)) => (a, Some(v)),
         None => (rest, None),
@@ -636,7 +678,7 @@ pub fn parse_url(url: &str) -> Result<AmqpUrl> {
     };
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-        None => (hostport, 5672),
+        None => (hostport, if tls { 5671 } else { 5672 }),
     };
     if host.is_empty() {
         return Err(bad("no host"));
@@ -651,6 +693,7 @@ pub fn parse_url(url: &str) -> Result<AmqpUrl> {
         user,
         password: pass,
         vhost,
+        tls,
     })
 }
 
@@ -781,10 +824,14 @@ mod tests {
                 port: 5673,
                 user: "gu@st".into(),
                 password: "p:ss".into(),
-                vhost: "/".into()
+                vhost: "/".into(),
+                tls: false,
             }
         );
         assert_eq!(parse_url("amqp://h").unwrap().port, 5672);
+        let s = parse_url("amqps://u:p@rabbit.svc/%2f").unwrap();
+        assert!(s.tls);
+        assert_eq!(s.port, 5671, "the AMQPS default port");
         assert!(connection_args("amqp://h/prod").is_ok());
         assert!(connection_args("http://h").is_err());
         assert!(connection_args("amqp://u:p@h:notaport/").is_err());
