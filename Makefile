@@ -4,8 +4,8 @@
 test:            ## set up the machine, start services, run the whole suite, stop them
 	bash scripts/test.sh
 
-demo:            ## the main job on the embedded two-node default (no cluster needed): make demo [CONSUMER=python] [DEMO_ARGS="--load bursty ..."]
-	bash scripts/demo.sh $(if $(CONSUMER),--consumer $(CONSUMER)) $(DEMO_ARGS)
+demo:            ## the main job on the embedded two-node default (no cluster needed): make demo [CONSUMER=python] [BROKER=nats] [DEMO_ARGS="--load bursty ..."]
+	bash scripts/demo.sh $(if $(CONSUMER),--consumer $(CONSUMER)) $(if $(BROKER),--broker $(BROKER)) $(DEMO_ARGS)
 
 bench:           ## benchmarks against buildah, skopeo, zstd/pigz and the raw upload limit, and the protocol's full conformance matrix
 	bash scripts/bench.sh

@@ -9,8 +9,9 @@
 #   scripts/demo.sh [ms2m-demo flags]   e.g. --strategy stop-and-copy, --transfer direct,
 #                                       --rate 50 --delay-ms 10, --ballast-mib 512,
 #                                       --consumer python (Python + pika, prefetch 50, no
-#                                       dedup, 3 s reconnect), --load bursty
-#   make demo CONSUMER=python [DEMO_ARGS="--load bursty"]   (make takes no --flags itself)
+#                                       dedup, 3 s reconnect), --load bursty,
+#                                       --broker nats (NATS JetStream instead of RabbitMQ)
+#   make demo CONSUMER=python BROKER=nats DEMO_ARGS="--load bursty"   (make takes no --flags)
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Starts / stops the services the test suite and the demo need, privately and on
-# loopback only: a docker-registry (CNCF distribution 2.8) and a rabbitmq-server.
+# loopback only: a docker-registry (CNCF distribution 2.8), a rabbitmq-server and a
+# nats-server with JetStream (file storage).
 #   scripts/services.sh start   -> prints `export VAR=...` lines for the test env
 #   scripts/services.sh stop
 #   scripts/services.sh env     -> the same export lines, without starting anything
 #   scripts/services.sh rabbitmq-start | rabbitmq-stop -> the broker alone (tests that
 #     restart a private broker: same run dir, so durable queues survive the restart)
+#   scripts/services.sh nats-start | nats-stop -> the NATS server alone (same run dir:
+#     JetStream's file store, hence streams and durable consumers, survive a restart)
 # State lives under $MS2M_RUN_DIR (default: <repo>/.run). Idempotent: start leaves
 # running services alone, stop is a no-op when nothing runs.
 set -euo pipefail
@@ -16,6 +19,7 @@ REG_PORT=${MS2M_REGISTRY_PORT:-5000}
 AMQP_PORT=${MS2M_AMQP_PORT:-5672}
 DIST_PORT=$((AMQP_PORT + 20000))
 MGMT_PORT=$((AMQP_PORT + 10000))
+NATS_PORT=${MS2M_NATS_PORT:-4222}
 AMQPS_PORT=$((AMQP_PORT + 30000))
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -114,6 +118,24 @@ start_rabbitmq() {
   log "rabbitmq on 127.0.0.1:$AMQP_PORT (amqps: $AMQPS_PORT)"
 }
 
+start_nats() {
+  local d=$RUN/nats
+  mkdir -p "$d/jetstream"
+  if alive "$d/pid"; then return 0; fi
+  command -v nats-server >/dev/null || die "nats-server missing: run scripts/setup.sh"
+  # Loopback only, no monitoring port; JetStream on file storage so that a restart
+  # keeps every stream, message and durable consumer.
+  cat > "$d/nats.conf" <<CFG
+listen: 127.0.0.1:$NATS_PORT
+server_name: ms2m-$NATS_PORT
+jetstream { store_dir: "$d/jetstream" }
+CFG
+  setsid nats-server -c "$d/nats.conf" >"$d/log" 2>&1 < /dev/null &
+  echo $! > "$d/pid"
+  wait_port 127.0.0.1 "$NATS_PORT" 20 nats-server
+  log "nats on 127.0.0.1:$NATS_PORT"
+}
+
 stop_one() { # dir what
   local d=$1
   if alive "$d/pid"; then
@@ -142,14 +164,17 @@ print_env() {
   echo "export MS2M_TEST_BROKER_TLS_DIR=$RUN/rabbitmq/tls/client"
   # Read by ms2m-shim (and the tests) as the broker's management API.
   echo "export MS2M_MANAGEMENT_URL=http://127.0.0.1:$MGMT_PORT"
+  echo "export MS2M_NATS_URL=nats://127.0.0.1:$NATS_PORT"
   echo "export MS2M_CRIU=${MS2M_CRIU:-/usr/local/sbin/criu}"
 }
 
 case "${1:-}" in
-  start) start_registry; start_rabbitmq; print_env ;;
-  stop) stop_one "$RUN/registry" registry; stop_rabbitmq ;;
+  start) start_registry; start_rabbitmq; start_nats; print_env ;;
+  stop) stop_one "$RUN/registry" registry; stop_rabbitmq; stop_one "$RUN/nats" nats ;;
   env) print_env ;;
   rabbitmq-start) start_rabbitmq ;;
   rabbitmq-stop) stop_rabbitmq ;;
-  *) die "usage: $0 start|stop|env|rabbitmq-start|rabbitmq-stop" ;;
+  nats-start) start_nats ;;
+  nats-stop) stop_one "$RUN/nats" nats ;;
+  *) die "usage: $0 start|stop|env|rabbitmq-start|rabbitmq-stop|nats-start|nats-stop" ;;
 esac

@@ -5,7 +5,8 @@
 #
 # What and why (see docs/environment.md for the long form):
 #  - Debian packages: runc, iptables (CRIU locks the network with iptables-restore),
-#    iproute2 (netns "nodes"), docker-registry, rabbitmq-server, buildah/skopeo/umoci
+#    iproute2 (netns "nodes"), docker-registry, rabbitmq-server, nats-server (JetStream,
+#    the second broker), buildah/skopeo/umoci
 #    (interop checks and baselines; skopeo also imports checkpoints into containers-storage),
 #    containerd (ctr: checkpoint import into containerd, against a private containerd
 #    the tests start), busybox-static (test container rootfs), pigz/zstd (benchmark
@@ -33,7 +34,7 @@ CRIU_MIN=4.2
 CRIU_BIN=/usr/local/sbin/criu
 export DEBIAN_FRONTEND=noninteractive
 
-PKGS=(runc iptables iproute2 docker-registry rabbitmq-server buildah skopeo umoci containerd
+PKGS=(runc iptables iproute2 docker-registry rabbitmq-server nats-server buildah skopeo umoci containerd
       busybox-static pigz zstd curl ca-certificates openssl systemd procps psmisc
       jq libseccomp-dev pkg-config apache2-utils prometheus python3-prometheus-client
       python3 python3-pip)

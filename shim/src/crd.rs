@@ -14,6 +14,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Phase, Progress, ReplayMode, Strategy, TransferMode};
+use crate::messaging::BrokerKind;
 
 pub const GROUP: &str = "migration.ms2m.io";
 pub const FINALIZER: &str = "migration.ms2m.io/cleanup";
@@ -182,17 +183,24 @@ fn default_phase_timeout() -> u32 {
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[cfg_attr(test, x_kube(cel))]
 #[x_kube(validation = Rule::new("has(self.brokerUrl) != has(self.brokerSecretRef)").message("set exactly one of brokerUrl and brokerSecretRef"))]
+#[x_kube(validation = Rule::new("!has(self.broker) || !has(self.brokerUrl) || ((self.broker == 'NATS') == self.brokerUrl.startsWith('nats://'))").message("broker NATS goes with a nats:// brokerUrl, RabbitMQ with amqp://"))]
 #[serde(rename_all = "camelCase")]
 pub struct MessageQueueConfig {
-    /// `amqp://user:pass@host:port/vhost`, or `amqps://` for TLS (see `tlsSecretRef`);
-    /// prefer `brokerSecretRef` for credentials.
+    /// `amqp://user:pass@host:port/vhost` (RabbitMQ), `amqps://` for TLS (see
+    /// `tlsSecretRef`), or `nats://host:port` (NATS JetStream); prefer `brokerSecretRef`
+    /// for credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('amqps://')").message("brokerUrl must start with amqp:// or amqps://"))]
+    #[x_kube(validation = Rule::new("self.startsWith('amqp://') || self.startsWith('amqps://') || self.startsWith('nats://')").message("brokerUrl must start with amqp://, amqps:// or nats://"))]
     #[schemars(length(max = 2048))]
     pub broker_url: Option<String>,
     /// A Secret key holding the broker URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_secret_ref: Option<SecretKeyRef>,
+    /// `RabbitMQ` or `NATS`; empty: from the broker URL's scheme. With NATS,
+    /// `exchangeName` is the stream and `queueName` the service's durable consumer on
+    /// it (docs/migration-protocol.md, "NATS JetStream").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker: Option<BrokerKind>,
     /// For an `amqps://` broker: a Secret in the migration's namespace in the
     /// `kubernetes.io/tls` layout: `ca.crt` (the CA that signed the broker's certificate;
     /// without it the system's roots are trusted) and optionally `tls.crt` + `tls.key`
@@ -397,10 +405,19 @@ impl StatefulMigrationSpec {
         if mq.broker_url.is_some() == mq.broker_secret_ref.is_some() {
             return bad("set exactly one of brokerUrl and brokerSecretRef");
         }
-        if let Some(url) = &mq.broker_url
-            && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
-        {
-            return bad("brokerUrl must start with amqp:// or amqps://");
+        if let Some(url) = &mq.broker_url {
+            if !url.starts_with("amqp://")
+                && !url.starts_with("amqps://")
+                && !url.starts_with("nats://")
+            {
+                return bad("brokerUrl must start with amqp://, amqps:// or nats://");
+            }
+            if mq
+                .broker
+                .is_some_and(|b| (b == BrokerKind::Nats) != url.starts_with("nats://"))
+            {
+                return bad("broker NATS goes with a nats:// brokerUrl, RabbitMQ with amqp://");
+            }
         }
         if mq.queue_name.is_empty()
             || mq.queue_name.len() > 200
@@ -480,6 +497,29 @@ mod tests {
     }
 
     #[test]
+    fn the_broker_follows_the_url_or_must_match_it() {
+        let mut v = spec();
+        v["messageQueueConfig"]["brokerUrl"] = json!("nats://nats:4222");
+        let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+        s.validate().unwrap();
+        StatefulMigrationSpec::validate_cel(&v, None).unwrap();
+        assert_eq!(s.message_queue_config.broker, None);
+        v["messageQueueConfig"]["broker"] = json!("NATS");
+        let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+        s.validate().unwrap();
+        assert_eq!(s.message_queue_config.broker, Some(BrokerKind::Nats));
+        v["messageQueueConfig"]["brokerUrl"] = json!("amqp://h");
+        let s: StatefulMigrationSpec = serde_json::from_value(v.clone()).unwrap();
+        let message = "broker NATS goes with a nats:// brokerUrl";
+        assert!(s.validate().unwrap_err().0.contains(message));
+        let cel = format!(
+            "{:?}",
+            StatefulMigrationSpec::validate_cel(&v, None).unwrap_err()
+        );
+        assert!(cel.contains(message), "CEL said {cel}");
+    }
+
+    #[test]
     fn defaults_fill_in() {
         let s: StatefulMigrationSpec = serde_json::from_value(json!({
             "sourcePod": "p", "targetNode": "n", "checkpointImageRepository": "r/x",
@@ -519,7 +559,7 @@ mod tests {
             (
                 "/messageQueueConfig/brokerUrl",
                 json!("http://x"),
-                "must start with amqp:// or amqps://",
+                "must start with amqp://, amqps:// or nats://",
             ),
         ];
         for (path, value, message) in cases {

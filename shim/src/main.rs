@@ -136,7 +136,8 @@ struct MigrateArgs {
     /// Direct mode: the target agent's URL as the source agent reaches it.
     #[arg(long)]
     direct_target: Option<String>,
-    /// AMQP URL of the broker.
+    /// Broker URL: `amqp://...` (RabbitMQ) or `nats://host:port` (NATS JetStream; then
+    /// --exchange is the stream and --queue the service's durable consumer).
     #[arg(long, env = "MS2M_BROKER_URL")]
     broker_url: String,
     /// RabbitMQ management API, http(s)://host:port (default: the broker's host, port

@@ -23,6 +23,7 @@ use crate::process::run;
 pub mod accounting;
 pub mod agents;
 pub mod conformance;
+pub mod nats;
 mod scenario;
 pub use accounting::Accounting;
 pub use scenario::{
@@ -537,6 +538,15 @@ pub struct QueueCleanup {
 
 impl Drop for QueueCleanup {
     fn drop(&mut self) {
+        if self.broker.amqp_url.starts_with("nats://") {
+            let control: Vec<String> = self
+                .queues
+                .iter()
+                .filter(|q| q.starts_with("ms2m.control."))
+                .cloned()
+                .collect();
+            return nats::cleanup(&self.broker.amqp_url, &control, &self.exchanges);
+        }
         let bins = sample_binaries();
         let targets = self
             .queues

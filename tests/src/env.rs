@@ -23,6 +23,11 @@ pub fn amqp_url() -> String {
     required("MS2M_TEST_AMQP_URL", "a rabbitmq-server on loopback")
 }
 
+/// URL of the nats-server (JetStream, file storage) started for the test run.
+pub fn nats_url() -> String {
+    required("MS2M_NATS_URL", "a nats-server with JetStream on loopback")
+}
+
 /// The same rabbitmq-server's `amqps://` listener.
 pub fn amqps_url() -> String {
     required(

@@ -38,6 +38,7 @@ fn migration(queue: &str, exchange: &str) -> MigrationRef {
         transfer_mode: TransferMode::Registry,
         phase_timeout_seconds: 300,
         message_queue_config: MessageQueueConfig {
+            broker: None,
             broker_url: None,
             management_url: env::management().url,
             source_prefetch: None,

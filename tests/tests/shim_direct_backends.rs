@@ -79,6 +79,7 @@ fn migration() -> MigrationRef {
         phase_timeout_seconds: 300,
         // The broker is not asked here.
         message_queue_config: MessageQueueConfig {
+            broker: None,
             broker_url: None,
             management_url: None,
             source_prefetch: None,

@@ -20,7 +20,7 @@ use crate::agent_client::{AgentAddr, AgentClient};
 use crate::crd::StatefulMigrationSpec;
 use crate::driver::WorldError;
 use crate::engine::{JobView, QueueNames};
-use crate::messaging::{BrokerTls, ControlMessage, Messaging, QueueState};
+use crate::messaging::{Broker, BrokerTls, ControlMessage, QueueState};
 
 use super::api_calls::{self, ApiCall};
 
@@ -153,7 +153,7 @@ pub struct ClusterBackends {
     client: Client,
     discovery: AgentDiscovery,
     token: Mutex<Option<String>>,
-    brokers: Mutex<HashMap<String, Arc<Messaging>>>,
+    brokers: Mutex<HashMap<String, Arc<dyn Broker>>>,
 }
 
 /// Documents which table entry a call site uses.
@@ -288,7 +288,7 @@ impl ClusterBackends {
             .map_err(mq_err)
     }
 
-    async fn broker(&self, m: &MigrationRef) -> Result<Arc<Messaging>, WorldError> {
+    async fn broker(&self, m: &MigrationRef) -> Result<Arc<dyn Broker>, WorldError> {
         let mut brokers = self.brokers.lock().await;
         if let Some(b) = brokers.get(&m.uid) {
             return Ok(b.clone());
@@ -300,15 +300,14 @@ impl ClusterBackends {
             (None, None) => return Err(WorldError::permanent("no broker configured")),
         };
         let tls = self.broker_tls(m).await?;
-        let b = Arc::new(
-            Messaging::with_tls(
-                &url,
-                &format!("{}/{}", m.namespace, m.name),
-                &mq.management(),
-                tls.as_ref(),
-            )
-            .map_err(mq_err)?,
-        );
+        let b = crate::messaging::connect(
+            &url,
+            mq.broker,
+            &format!("{}/{}", m.namespace, m.name),
+            &mq.management(),
+            tls.as_ref(),
+        )
+        .map_err(mq_err)?;
         brokers.insert(m.uid.clone(), b.clone());
         Ok(b)
     }
@@ -331,7 +330,7 @@ impl Backends for ClusterBackends {
     ) -> Result<Option<QueueState>, WorldError> {
         self.broker(m)
             .await?
-            .queue_state(queue)
+            .queue_state(&m.queues, queue)
             .await
             .map_err(mq_err)
     }

@@ -29,10 +29,13 @@ use amqprs::{
 };
 
 mod backlog;
+mod broker;
 mod broker_tls;
 mod management;
+pub mod nats;
 
 pub use backlog::{BacklogCheck, pre_binding_backlog};
+pub use broker::{Broker, BrokerKind, connect};
 pub use broker_tls::BrokerTls;
 pub use management::{Binding, Management, ManagementConfig};
 use tokio::sync::{Mutex, mpsc};

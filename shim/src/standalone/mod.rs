@@ -32,7 +32,7 @@ use crate::engine::{
     Next, Phase, Plan, Progress, QueueNames, ReplayMode, Strategy, TransferMode,
     leftover_checkpoints,
 };
-use crate::messaging::{ManagementConfig, Messaging, MessagingError};
+use crate::messaging::{ManagementConfig, MessagingError};
 
 pub use report::{Report, timing_table};
 pub use state_file::StateFile;
@@ -147,8 +147,9 @@ pub async fn migrate_with_state(
     let mut world = Standalone {
         source: AgentClient::new(s.source_agent.clone()),
         target: AgentClient::new(s.target_agent.clone()),
-        broker: Messaging::with_tls(
+        broker: crate::messaging::connect(
             &s.broker_url,
+            None,
             &s.checkpoint_id,
             &s.management,
             s.broker_tls.as_ref(),

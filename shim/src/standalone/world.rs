@@ -19,13 +19,13 @@ use crate::engine::{
     Action, JobView, Observation, Phase, Plan, Progress, SourceView, StepState, Strategy,
     TargetView, TransferMode,
 };
-use crate::messaging::{ControlMessage, Messaging};
+use crate::messaging::{Broker, ControlMessage};
 
 pub(super) struct Standalone {
     pub(super) s: Settings,
     pub(super) source: AgentClient,
     pub(super) target: AgentClient,
-    pub(super) broker: Messaging,
+    pub(super) broker: std::sync::Arc<dyn Broker>,
     pub(super) started: Instant,
     pub(super) last_phase: Phase,
     pub(super) live: bool,
@@ -395,7 +395,7 @@ impl Standalone {
     ) -> Result<(), WorldError> {
         let replay = self
             .broker
-            .queue_state(&plan.queues.replay)
+            .queue_state(&plan.queues, &plan.queues.replay)
             .await
             .map_err(mq_err)?;
         obs.replay_depth = replay.map(|q| q.ready);
@@ -403,7 +403,7 @@ impl Standalone {
         if primary {
             obs.primary_consumers = self
                 .broker
-                .queue_state(&plan.queues.primary)
+                .queue_state(&plan.queues, &plan.queues.primary)
                 .await
                 .map_err(mq_err)?
                 .map(|q| q.consumers);

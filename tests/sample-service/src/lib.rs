@@ -13,6 +13,7 @@ pub mod consumer;
 pub mod control;
 pub mod http;
 pub mod message;
+pub mod nats;
 pub mod producer;
 pub mod restore;
 pub mod state;
@@ -24,6 +25,8 @@ pub enum Error {
     Amqp(#[from] amqprs::error::Error),
     #[error("invalid AMQP URL {url:?}: {reason}")]
     AmqpUrl { url: String, reason: String },
+    #[error("NATS: {0}")]
+    Nats(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
     #[error("JSON: {0}")]

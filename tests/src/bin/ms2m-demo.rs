@@ -10,14 +10,15 @@
 //!           [--replay-mode cutoff|drain] [--rate MSG_PER_S] [--total N]
 //!           [--delay-ms MS] [--ballast-mib MIB] [--warmup N]
 //!           [--consumer rust|python|py-p1|py-p50|py-unlimited|py-autoack]
-//!           [--load steady|bursty] [--quiet]
+//!           [--load steady|bursty] [--broker rabbitmq|nats] [--quiet]
 //! ```
 //! `--consumer python` is the issue's third-party consumer: Python + pika, prefetch 50,
 //! manual ack, no deduplication, 3 s before a reconnect (tests/consumers/pika_consumer.py).
 //! A consumer without a prefetch bound (py-unlimited, py-autoack) is moved by
 //! stop-and-copy: ms2m refuses ShadowPod for it (docs/migration-protocol.md).
 //! Needs root, CRIU, runc, and the services `scripts/demo.sh` starts
-//! (MS2M_TEST_REGISTRY, MS2M_TEST_AMQP_URL, MS2M_CRIU). Exit status 1 when the run
+//! (MS2M_TEST_REGISTRY, MS2M_TEST_AMQP_URL or with `--broker nats` MS2M_NATS_URL,
+//! MS2M_CRIU). Exit status 1 when the run
 //! breaks the protocol's promise for its consumer (tests/src/e2e/conformance.rs: a message
 //! lost, more applied twice than the proven bound, or a pause in processing longer
 //! than the load's own plus 0.2 s). Stop-and-copy (the papers' baseline) goes over the agents'
@@ -29,6 +30,7 @@ use ms2m_tests::e2e::agents::{
     Agents, ReplayMode, ShimOptions, Transfer, migrate_stop_and_copy_via_agents, migrate_with_shim,
 };
 use ms2m_tests::e2e::conformance::verdict;
+use ms2m_tests::e2e::nats::BrokerKind;
 use ms2m_tests::e2e::{ConsumerBehaviour, Driver, Load, Scenario, ScenarioSpec, Strategy};
 use serde_json::{Value, json};
 
@@ -36,6 +38,7 @@ struct Args {
     strategy: Strategy,
     shim: ShimOptions,
     spec: ScenarioSpec,
+    broker: BrokerKind,
     quiet: bool,
 }
 
@@ -45,7 +48,7 @@ fn usage(msg: &str) -> ! {
          [--transfer registry|direct] [--replay-mode cutoff|drain] [--rate N] [--total N] \
          [--delay-ms MS] [--ballast-mib MIB] [--warmup N] \
          [--consumer rust|python|py-p1|py-p50|py-unlimited|py-autoack] [--load steady|bursty] \
-         [--quiet]"
+         [--broker rabbitmq|nats] [--quiet]"
     );
     std::process::exit(2)
 }
@@ -65,6 +68,7 @@ fn parse() -> Args {
             consumer: ms2m_tests::e2e::ConsumerBehaviour::default(),
             load: ms2m_tests::e2e::Load::Steady,
         },
+        broker: BrokerKind::RabbitMq,
         quiet: false,
     };
     let mut it = std::env::args().skip(1);
@@ -121,6 +125,13 @@ fn parse() -> Args {
                     _ => usage("--load is steady or bursty"),
                 }
             }
+            "--broker" => {
+                a.broker = match val.as_str() {
+                    "rabbitmq" => BrokerKind::RabbitMq,
+                    "nats" => BrokerKind::Nats,
+                    _ => usage("--broker is rabbitmq or nats"),
+                }
+            }
             "--rate" => a.spec.rate = num(&val),
             "--total" => a.spec.total = num(&val) as u64,
             "--delay-ms" => a.spec.delay_ms = num(&val) as u64,
@@ -137,6 +148,10 @@ fn parse() -> Args {
         a.strategy = Strategy::StopAndCopy;
     }
     a.spec.strategy = a.strategy;
+    if a.strategy == Strategy::StopAndCopy && a.broker == BrokerKind::Nats {
+        // That path sends END_REPLAY with the AMQP control tool.
+        usage("--strategy stop-and-copy runs on RabbitMQ only");
+    }
     if a.spec.warmup >= a.spec.total {
         usage("--warmup must be below --total");
     }
@@ -157,6 +172,7 @@ fn mb(bytes: u64) -> String {
 }
 
 fn print_human(s: &Value) {
+    println!("broker:          {}", s["broker"].as_str().unwrap_or("?"));
     println!(
         "driver:          {}",
         s["details"]["driver"].as_str().unwrap_or("?")
@@ -228,7 +244,7 @@ fn main() -> ExitCode {
             "[demo] two nodes, one agent each, consumer on nodeA; migrating to nodeB ({strategy:?})"
         );
     }
-    let sc = Scenario::start_for(args.spec.clone(), Driver::Agents);
+    let sc = Scenario::start_on(args.spec.clone(), Driver::Agents, args.broker);
     let agents = Agents::start(&sc, None);
     let report = sc.run(|sc| match strategy {
         Strategy::ShadowPod => migrate_with_shim(sc, &agents, &args.shim),
@@ -241,7 +257,11 @@ fn main() -> ExitCode {
         strategy,
         &report,
     );
-    let s = report.summary;
+    let mut s = report.summary;
+    s["broker"] = json!(match args.broker {
+        BrokerKind::RabbitMq => "RabbitMQ",
+        BrokerKind::Nats => "NATS JetStream",
+    });
     let ok = v.ok();
     if !args.quiet {
         print_human(&s);

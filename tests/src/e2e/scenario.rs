@@ -11,9 +11,8 @@ use serde_json::{Value, json};
 
 use super::accounting::{Accounting, account};
 use super::{
-    Broker, ConsumerSpec, Producer, QueueCleanup, amqp_port, amqp_url_at, consumer_bundle,
-    criu_stop_and_copy_source, criu_tcp_close, get_applied, get_state, restore_with_log,
-    sample_binaries, u64_of, wait_state,
+    Broker, ConsumerSpec, Producer, QueueCleanup, consumer_bundle, criu_stop_and_copy_source,
+    criu_tcp_close, get_applied, get_state, restore_with_log, sample_binaries, u64_of, wait_state,
 };
 use crate::process::run;
 
@@ -210,15 +209,24 @@ impl Scenario {
 
     /// [`Scenario::start`] for a given driver.
     pub fn start_for(spec: ScenarioSpec, driver: Driver) -> Scenario {
+        Scenario::start_on(spec, driver, super::nats::BrokerKind::RabbitMq)
+    }
+
+    /// [`Scenario::start_for`] on a given broker (the `amqp_url` fields then hold
+    /// its URL, whatever the scheme).
+    pub fn start_on(
+        spec: ScenarioSpec,
+        driver: Driver,
+        broker: super::nats::BrokerKind,
+    ) -> Scenario {
         crate::env::require_root();
-        let amqp_url = crate::env::amqp_url();
+        let amqp_url = broker.host_url();
         crate::env::criu();
         crate::env::tool("runc", "runc");
         crate::env::tool("iptables-restore", "iptables");
         sample_binaries();
         let cluster = crate::nodes::Cluster::new();
-        let port = amqp_port(&amqp_url);
-        let pod_amqp_url = amqp_url_at(&amqp_url, cluster.forward(port, port));
+        let pod_amqp_url = broker.pod_url(&amqp_url, &cluster);
         let name = crate::env::unique("e2e-");
         let (source_name, target_name) = (format!("{name}-src"), format!("{name}-dst"));
         let cleanup = QueueCleanup {

@@ -11,14 +11,15 @@ use clap::Parser;
 use ms2m_sample_service::{
     ballast::Ballast,
     consumer::{self, ConsumerConfig},
-    http,
+    http, nats,
     state::ServiceState,
 };
 
 #[derive(Parser, Debug)]
 #[command(version, about = "MS2M reference stateful consumer")]
 struct Args {
-    /// Broker URL; use an IP address (containers have no resolver).
+    /// Broker URL, `amqp://` (RabbitMQ) or `nats://` (NATS JetStream); use an IP
+    /// address (containers have no resolver).
     #[arg(long, env = "MS2M_AMQP_URL")]
     amqp_url: String,
     /// Fanout exchange the producers publish to.
@@ -54,6 +55,14 @@ struct Args {
     /// How often to look for a checkpoint restore while idle.
     #[arg(long, env = "MS2M_RESTORE_CHECK_MS", default_value_t = 100)]
     restore_check_ms: u64,
+}
+
+async fn run(cfg: ConsumerConfig, state: consumer::SharedState) -> ms2m_sample_service::Result<()> {
+    if nats::is_nats_url(&cfg.amqp_url) {
+        nats::consumer::run(cfg, state).await
+    } else {
+        consumer::run(cfg, state).await
+    }
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -94,7 +103,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        r = consumer::run(cfg, state.clone()) => r.context("consumer")?,
+        r = run(cfg, state.clone()) => r.context("consumer")?,
         _ = term.recv() => tracing::info!("SIGTERM: exiting"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: exiting"),
     }

@@ -3,11 +3,15 @@
 use std::time::Duration;
 
 use clap::Parser;
-use ms2m_sample_service::producer::{self, ProducerConfig};
+use ms2m_sample_service::{
+    nats,
+    producer::{self, ProducerConfig},
+};
 
 #[derive(Parser, Debug)]
 #[command(version, about = "MS2M reference producer")]
 struct Args {
+    /// Broker URL, `amqp://` (RabbitMQ) or `nats://` (NATS JetStream).
     #[arg(long, env = "MS2M_AMQP_URL")]
     amqp_url: String,
     #[arg(long, env = "MS2M_EXCHANGE", default_value = "ms2m-sample")]
@@ -77,7 +81,11 @@ async fn main() -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    let summary = producer::run(cfg, stop).await?;
+    let summary = if nats::is_nats_url(&cfg.amqp_url) {
+        nats::producer::run(cfg, stop).await?
+    } else {
+        producer::run(cfg, stop).await?
+    };
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }
