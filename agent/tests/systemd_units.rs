@@ -121,7 +121,7 @@ fn serves_on_a_socket_activated_listener_and_stops_on_sigterm() {
     let cli_err = String::from_utf8_lossy(&cli.stderr);
     assert!(!cli.status.success());
     assert!(
-        cli_err.contains("agent answered 404") && cli_err.contains("no-such-container"),
+        cli_err.contains("answered 404") && cli_err.contains("no-such-container"),
         "{cli_err}"
     );
 

@@ -62,7 +62,7 @@ fn third_party_run(replay_mode: ReplayMode, transfer: Transfer) {
     let report = sc.run(|sc| migrate_with_shim(sc, &agents, &opts));
     let consumer = ms2m_tests::e2e::ConsumerBehaviour::third_party();
     let bound = ms2m_tests::e2e::conformance::shadowpod_twice_bound(&consumer, &report);
-    let a = report.assert_conformance(bound);
+    let a = report.assert_accounted(bound);
     eprintln!(
         "third-party consumer (prefetch {prefetch}), {replay_mode:?} {transfer:?}: applied twice {} (bound {bound})",
         a.applied_twice

@@ -172,7 +172,9 @@ mod tests {
         // Bursts of 10 within 5 ms, one per second.
         let p: Vec<(u64, u64)> = (0..30).map(|i| (i, (i / 10) * 1000 + i % 10)).collect();
         assert_eq!(max_published_within(&p, 100), 10);
-        assert_eq!(max_published_within(&p, 1000), 20);
+        // The window is inclusive: 1000 ms reach from a burst to the next one's first.
+        assert_eq!(max_published_within(&p, 1000), 11);
+        assert_eq!(max_published_within(&p, 1009), 20);
         assert_eq!(max_published_within(&[], 1000), 0);
     }
 

@@ -573,7 +573,7 @@ fn finish_shim_migration(
     sc.source_applied = source_applied;
     let target = crate::container::Container::adopt(&sc.target_name);
     let progress = &r.report["progress"];
-    let phases = progress["phaseTimings"]
+    let phases = progress["phaseRecords"]
         .as_array()
         .map(|a| {
             a.iter()

@@ -29,6 +29,8 @@ pub async fn run(
     let started = Instant::now();
     let deadline = cfg.duration.map(|d| started + d);
     let (mut produced, mut confirmed, mut sum) = (0u64, 0u64, 0i64);
+    // `(seq, unix ms)` of every first publish, for the accounting outside the consumer.
+    let mut published: Vec<(u64, u64)> = Vec::new();
     tokio::pin!(stop);
     loop {
         if cfg.count.is_some_and(|n| produced >= n) || deadline.is_some_and(|d| Instant::now() >= d)
@@ -39,6 +41,7 @@ pub async fn run(
         let msg = DataMessage::for_seq(seq);
         produced += 1;
         sum += msg.value;
+        published.push((seq, crate::state::unix_ms()));
         let give_up = Instant::now() + cfg.confirm_timeout;
         loop {
             let mut headers = async_nats::HeaderMap::new();
@@ -76,6 +79,10 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     let _ = client.flush().await;
+    if let Some(path) = &cfg.publish_log {
+        std::fs::write(path, serde_json::to_vec(&published)?)
+            .map_err(|e| Error::Confirm(format!("publish log {}: {e}", path.display())))?;
+    }
     let summary = Summary {
         produced,
         confirmed,
